@@ -1,0 +1,189 @@
+# The `hwbridge` command line: serve a manifest, list and inspect a host's devices, and
+# one-shot read/write/ioctl for shell scripts. Owns argument parsing and process signals;
+# all real work is in server/session (host side) and client (client side).
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any
+
+from .client import connect
+from .url import parse_url
+
+EPILOG = "URLs: hwbridge://HOST[:PORT][/DEVICE] (default port 7420)."
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `hwbridge` console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        result: int = args.func(args)
+        return result
+    except KeyboardInterrupt:
+        return 130
+    except (OSError, ValueError) as e:
+        print(f"hwbridge: {e}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hwbridge", description="Remote hardware access bridge.",
+                                epilog=EPILOG)
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="serve a manifest's devices (default: the simulated lab)",
+                       description="Serve the devices a manifest names. With no --config, "
+                       "serves the built-in simulated lab on 127.0.0.1:7420.")
+    s.add_argument("--config", "-c", metavar="HOST.TOML", help="the host manifest")
+    s.add_argument("--listen", "-l", metavar="HOST:PORT", help="override the manifest's listen")
+    s.add_argument("--unix", metavar="PATH", help="also listen on a Unix-domain socket")
+    s.add_argument("--sim", action="store_true", help="also serve the simulated lab")
+    s.set_defaults(func=_serve)
+
+    ls = sub.add_parser("ls", help="list a host's devices", epilog=EPILOG)
+    ls.add_argument("url", help="hwbridge://HOST[:PORT]")
+    ls.add_argument("--json", action="store_true", help="print JSON")
+    ls.set_defaults(func=_ls)
+
+    i = sub.add_parser("info", help="describe one device", epilog=EPILOG)
+    i.add_argument("url", help="hwbridge://HOST[:PORT]/DEVICE")
+    i.set_defaults(func=_info)
+
+    r = sub.add_parser("read", help="read bytes from a device to stdout", epilog=EPILOG)
+    r.add_argument("url", help="hwbridge://HOST[:PORT]/DEVICE")
+    r.add_argument("-n", "--count", type=int, default=4096, help="bytes to read (default 4096)")
+    r.add_argument("-t", "--timeout", type=float, default=None, help="seconds to wait")
+    r.add_argument("--hex", action="store_true", help="print hex instead of raw bytes")
+    r.set_defaults(func=_read)
+
+    w = sub.add_parser("write", help="write bytes (argument or stdin) to a device",
+                       epilog=EPILOG)
+    w.add_argument("url", help="hwbridge://HOST[:PORT]/DEVICE")
+    w.add_argument("data", nargs="?", help="text to write (default: read stdin)")
+    w.add_argument("--hex", action="store_true", help="DATA is hex")
+    w.set_defaults(func=_write)
+
+    io = sub.add_parser("ioctl", help="issue an allowlisted ioctl, print the result in hex",
+                        epilog=EPILOG)
+    io.add_argument("url", help="hwbridge://HOST[:PORT]/DEVICE")
+    io.add_argument("request", help="ioctl name (e.g. TIOCGWINSZ) or number")
+    io.add_argument("arg", nargs="?", help="an integer, or hex bytes with --hex")
+    io.add_argument("--hex", action="store_true", help="ARG is hex bytes")
+    io.set_defaults(func=_ioctl)
+    return p
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .manifest import load
+    from .server import Server, parse_listen
+    from .session import Host
+    from .sim import lab_manifest
+
+    if args.config:
+        manifest = load(args.config)
+        if args.sim:
+            manifest = manifest.merged(lab_manifest())
+    else:
+        manifest = lab_manifest()
+    host = Host(manifest)
+    host.prepare()
+    server = Server(host)
+    h, port = parse_listen(args.listen or manifest.listen)
+    bound = server.listen_tcp(h, port)
+    unix = args.unix or manifest.unix
+    if unix:
+        server.listen_unix(unix)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+    print(f"hwbridge: serving {len(manifest.devices)} devices on hwbridge://{shown}:{bound[1]}"
+          + (f" and {unix}" if unix else ""), flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
+    print("hwbridge: stopped", flush=True)
+    return 0
+
+
+def _ls(args: argparse.Namespace) -> int:
+    with connect(parse_url(args.url).host_url) as host:
+        devs = host.devices()
+    if args.json:
+        print(json.dumps([d.raw for d in devs], indent=2))
+        return 0
+    width = max((len(d.name) for d in devs), default=4)
+    for d in devs:
+        print(f"{d.name:<{width}}  {d.kind:<8} {d.access:<3} {d.description}")
+    return 0
+
+
+def _device_url(text: str) -> tuple[str, str]:
+    u = parse_url(text)
+    if not u.device:
+        raise ValueError(f"{text!r} names no device: use hwbridge://HOST:PORT/DEVICE")
+    return u.host_url, u.device
+
+
+def _info(args: argparse.Namespace) -> int:
+    url, name = _device_url(args.url)
+    with connect(url) as host:
+        print(json.dumps(host.info(name), indent=2))
+    return 0
+
+
+def _read(args: argparse.Namespace) -> int:
+    url, name = _device_url(args.url)
+    with connect(url) as host, host.open(name) as dev:
+        dev.timeout = args.timeout
+        data: bytes = dev.read(args.count)
+    if args.hex:
+        print(data.hex())
+    else:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    return 0
+
+
+def _write(args: argparse.Namespace) -> int:
+    url, name = _device_url(args.url)
+    if args.data is None:
+        data = sys.stdin.buffer.read()
+    else:
+        data = bytes.fromhex(args.data) if args.hex else args.data.encode()
+    with connect(url) as host, host.open(name) as dev:
+        view = memoryview(data)
+        while view:
+            n: int = dev.write(view[:1 << 20].tobytes())
+            view = view[n:]
+    return 0
+
+
+def _ioctl(args: argparse.Namespace) -> int:
+    url, name = _device_url(args.url)
+    request: str | int = int(args.request, 0) if args.request[:1].isdigit() else args.request
+    arg: Any = None
+    if args.arg is not None:
+        arg = bytes.fromhex(args.arg) if args.hex else int(args.arg, 0)
+    with connect(url) as host, host.open(name) as dev:
+        result = dev.ioctl(request, arg)
+    print(result.hex() if isinstance(result, bytes) else result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

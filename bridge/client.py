@@ -1,0 +1,455 @@
+# The client: a thin synchronous loop around the sans-I/O Connection. Owns the socket, the
+# matching of replies to requests by id, batches and event delivery. Pure Python and
+# importable on Windows: no fcntl, termios or resource here. Must not know about device
+# kinds beyond choosing a proxy class from drivers/ by name.
+#
+# Calls use leader/follower reading: the thread that waits for a reply reads the socket
+# itself when nobody else is, so a call costs one send and one recv with no thread handoff;
+# replies for other threads are parked and those threads woken. A blocking read on one
+# handle therefore never blocks calls from other threads on the same connection.
+from __future__ import annotations
+
+import contextlib
+import errno as _errno
+import importlib
+import queue
+import socket
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from .protocol import (
+    FEATURES,
+    NEED_DATA,
+    Batch,
+    BatchReply,
+    Call,
+    Connection,
+    Error,
+    Event,
+    Hello,
+    Message,
+    ProtocolError,
+    Ref,
+    Reply,
+    Role,
+)
+from .url import URL, parse_url
+
+RECV_SIZE = 256 * 1024
+
+EventHandler = Callable[[Event], None]
+
+
+def remote_error(err: int, message: str) -> OSError:
+    """The OSError subclass Python picks for ``err`` (PermissionError for EACCES, ...)."""
+    return OSError(err, message)
+
+
+class Pending:
+    """The outcome of one request: filled in by whichever thread reads its reply."""
+
+    __slots__ = ("id", "done", "value", "error", "transform")
+
+    def __init__(self, id: int, transform: Callable[[Any], Any] | None = None) -> None:
+        self.id = id
+        self.done = False
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.transform = transform
+
+
+class Deferred:
+    """A result of an operation issued inside ``host.batch()``; known once the batch ran."""
+
+    __slots__ = ("batch", "index", "transform", "_done", "_value", "_error")
+
+    def __init__(self, batch: BatchContext, index: int,
+                 transform: Callable[[Any], Any] | None) -> None:
+        self.batch = batch
+        self.index = index
+        self.transform = transform
+        self._done = False
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def result(self) -> Any:
+        """The operation's result; raises its error, or RuntimeError before the batch ran."""
+        if not self._done:
+            raise RuntimeError("the batch has not been sent yet: leave the `with` block first")
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def _set(self, raw: Any) -> None:
+        self._value = raw if self.transform is None else self.transform(raw)
+        self._done = True
+
+    def _fail(self, e: BaseException) -> None:
+        self._error = e
+        self._done = True
+
+    def __repr__(self) -> str:
+        state = "pending" if not self._done else ("error" if self._error else "done")
+        return f"<Deferred #{self.index} {state}>"
+
+
+class BatchContext:
+    """Collects operations; sends them in one frame when the ``with`` block ends."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.ops: list[tuple[str, list[Any]]] = []
+        self.results: list[Deferred] = []
+        self.sent = False
+
+    def add(self, op: str, args: Sequence[Any], transform: Callable[[Any], Any] | None
+            ) -> Deferred:
+        d = Deferred(self, len(self.ops), transform)
+        self.ops.append((op, [self.client._wire(a) for a in args]))
+        self.results.append(d)
+        return d
+
+    def __enter__(self) -> BatchContext:
+        local = self.client._local
+        if getattr(local, "batch", None) is not None:
+            raise RuntimeError("batches do not nest")
+        local.batch = self
+        return self
+
+    def __exit__(self, et: object, ev: object, tb: object) -> None:
+        self.client._local.batch = None
+        if et is not None or not self.ops:
+            return
+        self.sent = True
+        p = self.client._start(lambda rid: Batch(rid, self.ops))
+        results, err = self.client._wait(p)
+        for d, raw in zip(self.results, results, strict=False):
+            d._set(raw)
+        if err is not None:
+            idx, code, message = err
+            exc = remote_error(code, f"{message} (batch operation {idx})")
+            for d in self.results[idx:]:
+                d._fail(exc if d.index == idx else RuntimeError(
+                    f"not executed: batch operation {idx} failed before it"))
+            raise exc
+
+
+class Client:
+    """A connection to one device host. Use :func:`bridge.connect` to make one."""
+
+    def __init__(self, url: URL, sock: socket.socket, max_frame: int) -> None:
+        self.url = url
+        self._sock = sock
+        self._conn = Connection(Role.CLIENT, max_frame)
+        self._send_lock = threading.Lock()
+        self._recv_lock = threading.Lock()
+        self._cv = threading.Condition()
+        self._pending: dict[int, Pending] = {}
+        self._next_id = 1
+        self._broken: BaseException | None = None
+        self._buf = bytearray(RECV_SIZE)
+        self._view = memoryview(self._buf)
+        self._local = threading.local()
+        self._handlers: list[tuple[str | None, int | None, EventHandler]] = []
+        self._events: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
+        self._event_threads: list[threading.Thread] = []
+        self.closed = False
+        self.server_info: dict[str, Any] = {}
+        self._hello()
+
+    # -- public API -----------------------------------------------------------------------
+
+    def devices(self) -> list[DeviceInfo]:
+        """The devices this host exposes to this connection (one round trip)."""
+        return [DeviceInfo(d) for d in self.call("devices", [])]
+
+    def info(self, name: str) -> dict[str, Any]:
+        """Everything the host will say about one device."""
+        result: dict[str, Any] = self.call("info", [name])
+        return result
+
+    def open(self, name: str, access: str | None = None) -> Any:
+        """Open a device and return the typed proxy for its kind."""
+        kind = self._kinds.get(name, "node")
+        proxy = _proxy_class(kind)
+        args: list[Any] = [name] if access is None else [name, access]
+        handle = self.call("open", args)
+        return proxy(self, name, handle, self._described.get(name, {}))
+
+    def batch(self) -> BatchContext:
+        """Group operations into one round trip: ``with host.batch(): ...``."""
+        return BatchContext(self)
+
+    def on_event(self, handler: EventHandler, topic: str | None = None,
+                 handle: int | None = None) -> None:
+        """Call ``handler(event)`` for server-pushed events (on a dedicated thread)."""
+        self._handlers.append((topic, handle, handler))
+        if not self._event_threads:
+            for target, name in ((self._event_reader, "reader"),
+                                 (self._event_dispatcher, "events")):
+                t = threading.Thread(target=target, daemon=True, name=f"hwbridge-{name}")
+                t.start()
+                self._event_threads.append(t)
+
+    def remove_handler(self, handler: EventHandler) -> None:
+        self._handlers = [h for h in self._handlers if h[2] is not handler]
+
+    def call(self, op: str, args: Sequence[Any],
+             transform: Callable[[Any], Any] | None = None) -> Any:
+        """One remote operation; inside a batch, returns a :class:`Deferred` instead."""
+        batch: BatchContext | None = getattr(self._local, "batch", None)
+        if batch is not None:
+            return batch.add(op, args, transform)
+        wired = [self._wire(a) for a in args]
+        p = self._start(lambda rid: Call(rid, op, wired), transform)
+        return self._wait(p)
+
+    def submit(self, op: str, args: Sequence[Any],
+               transform: Callable[[Any], Any] | None = None) -> Pending:
+        """Send a request without waiting (pipelining); collect it with :meth:`result`."""
+        wired = [self._wire(a) for a in args]
+        return self._start(lambda rid: Call(rid, op, wired), transform)
+
+    def result(self, p: Pending) -> Any:
+        return self._wait(p)
+
+    def close(self) -> None:
+        """Close the connection; the host closes every handle it opened."""
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()
+        self._events.put(None)
+        self._fail_all(ConnectionAbortedError(_errno.ECONNABORTED, "connection closed"))
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<hwbridge.Client {self.url}>"
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _wire(self, v: Any) -> Any:
+        if isinstance(v, Deferred):
+            if v.done:
+                return v.result()
+            batch = getattr(self._local, "batch", None)
+            if v.batch is not batch:
+                raise RuntimeError("a deferred result from another batch that has not run")
+            return Ref(v.index)
+        return v
+
+    def _hello(self) -> None:
+        p = Pending(0)
+        with self._cv:
+            self._pending[0] = p
+        self._send(Hello())
+        info = self._wait(p)
+        self.server_info = info
+        devs = info.get("devices", [])
+        self._kinds: dict[str, str] = {d["name"]: d["kind"] for d in devs}
+        self._described: dict[str, dict[str, Any]] = {d["name"]: d for d in devs}
+
+    def _send(self, msg: Message) -> None:
+        with self._send_lock:
+            if self._broken is not None:
+                raise ConnectionError("connection is broken") from self._broken
+            bufs = self._conn.send(msg)
+            try:
+                if len(bufs) == 1:
+                    self._sock.sendall(bufs[0])
+                else:
+                    for b in bufs:
+                        self._sock.sendall(b)
+            except OSError as e:
+                self._fail_all(e)
+                raise
+
+    def _start(self, make: Callable[[int], Message],
+               transform: Callable[[Any], Any] | None = None) -> Pending:
+        with self._cv:
+            if self.closed:
+                raise ConnectionAbortedError(_errno.ECONNABORTED, "connection closed")
+            rid = self._next_id
+            self._next_id = rid + 1 if rid < 0x7FFFFFFF else 1
+            p = self._pending[rid] = Pending(rid, transform)
+        self._send(make(rid))
+        return p
+
+    def _wait(self, p: Pending) -> Any:
+        while not p.done:
+            if self._recv_lock.acquire(blocking=False):
+                try:
+                    while not p.done:
+                        self._pump()
+                finally:
+                    with self._cv:
+                        self._recv_lock.release()
+                        self._cv.notify_all()
+            else:
+                with self._cv:
+                    while not p.done and self._recv_lock.locked():
+                        self._cv.wait()
+        if p.error is not None:
+            raise p.error
+        return p.value if p.transform is None else p.transform(p.value)
+
+    def _pump(self) -> None:
+        """Read once from the socket and deliver every complete message (leader only)."""
+        if self._broken is not None:
+            raise ConnectionError("connection is broken") from self._broken
+        try:
+            n = self._sock.recv_into(self._buf)
+        except OSError as e:
+            self._fail_all(e)
+            raise
+        try:
+            self._conn.receive_data(self._view[:n])
+            while True:
+                ev = self._conn.next_event()
+                if ev is NEED_DATA:
+                    break
+                if ev is None:
+                    raise ConnectionResetError(_errno.ECONNRESET,
+                                               f"{self.url} closed the connection")
+                self._deliver(ev)
+        except (ProtocolError, ConnectionError) as e:
+            self._fail_all(e)
+            raise
+
+    def _deliver(self, ev: Message) -> None:
+        if isinstance(ev, Event):
+            self._events.put(ev)
+            return
+        if isinstance(ev, Hello):
+            rid, value, error = 0, {**ev.info, "features": ev.features}, None
+        elif isinstance(ev, Reply):
+            rid, value, error = ev.id, ev.result, None
+        elif isinstance(ev, BatchReply):
+            err = None if ev.error is None else (ev.error.index, ev.error.errno,
+                                                 ev.error.message)
+            rid, value, error = ev.id, (ev.results, err), None
+        elif isinstance(ev, Error):
+            if ev.id == 0:  # the host refused the connection itself
+                raise ProtocolError(f"{self.url}: {ev.message}")
+            rid, value = ev.id, None
+            error = remote_error(ev.errno, f"{ev.message} [{self.url}]")
+        else:
+            raise ProtocolError(f"unexpected {type(ev).__name__} from the host")
+        with self._cv:
+            p = self._pending.pop(rid, None)
+            if p is None:
+                return  # a reply nobody waits for any more
+            p.value, p.error, p.done = value, error, True
+            self._cv.notify_all()
+
+    def _fail_all(self, e: BaseException) -> None:
+        with self._cv:
+            if self._broken is None:
+                self._broken = e
+            for p in self._pending.values():
+                if not p.done:
+                    p.error = e if isinstance(e, ProtocolError | ConnectionError) else \
+                        ConnectionResetError(_errno.ECONNRESET, f"{self.url}: {e}")
+                    p.done = True
+            self._pending.clear()
+            self._cv.notify_all()
+
+    def _event_reader(self) -> None:
+        """Keeps reading while event handlers exist, so pushed events arrive with no call."""
+        while not self.closed and self._broken is None:
+            with self._recv_lock:
+                try:
+                    self._pump()
+                except Exception:
+                    break
+            with self._cv:
+                self._cv.notify_all()
+        self._events.put(None)
+
+    def _event_dispatcher(self) -> None:
+        while True:
+            ev = self._events.get()
+            if ev is None:
+                return
+            for topic, handle, fn in list(self._handlers):
+                if (topic is None or topic == ev.topic) and (handle is None or
+                                                             handle == ev.handle):
+                    try:
+                        fn(ev)
+                    except Exception:  # a handler's bug must not stop event delivery
+                        import logging
+
+                        logging.getLogger("hwbridge.client").exception("event handler")
+
+
+class DeviceInfo:
+    """A device as the host describes it: ``.name``, ``.kind``, ``.access`` and more."""
+
+    def __init__(self, d: dict[str, Any]) -> None:
+        self.raw = d
+        self.name: str = d["name"]
+        self.kind: str = d["kind"]
+        self.access: str = d.get("access", "")
+        self.description: str = d.get("description", "")
+
+    def __repr__(self) -> str:
+        return f"<device {self.name} kind={self.kind} access={self.access}>"
+
+
+_PROXIES = {
+    "node": ("node", "Node"),
+    "serial": ("serial", "Serial"),
+    "i2c": ("i2c", "I2C"),
+    "spi": ("spi", "SPI"),
+    "gpio": ("gpio", "GPIO"),
+    "usb": ("usb", "USBDevice"),
+    "library": ("library", "Library"),
+}
+
+
+def _proxy_class(kind: str) -> Any:
+    module, cls = _PROXIES.get(kind, ("node", "Node"))
+    return getattr(importlib.import_module(f"bridge.drivers.{module}"), cls)
+
+
+def connect(url: str, timeout: float | None = 10.0, max_frame: int | None = None) -> Client:
+    """Connect to a device host: ``hwbridge://HOST[:PORT]`` (or ``hwbridge+unix:///path``)."""
+    u = parse_url(url)
+    if u.scheme == "hwbridge+unix":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        sock.connect(u.path)
+    elif u.scheme == "hwbridges":
+        raise NotImplementedError("TLS (hwbridges://) is not built yet")
+    else:
+        sock = socket.create_connection((u.host, u.port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        client = Client(u, sock, max_frame or 64 * 1024 * 1024)
+    except BaseException:
+        sock.close()
+        raise
+    sock.settimeout(None)
+    return client
+
+
+@contextlib.contextmanager
+def open_device(url: str) -> Iterator[Any]:
+    """``hwbridge://HOST:PORT/DEVICE`` -> (connected, opened proxy); closes both after."""
+    u = parse_url(url)
+    if not u.device:
+        raise ValueError(f"{url!r} names no device")
+    with connect(u.host_url) as host, host.open(u.device) as dev:
+        yield dev

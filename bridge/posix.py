@@ -1,0 +1,117 @@
+# The posix backend: real device nodes on a Linux or Solaris host, opened through the
+# hardened path code and driven with os.read/os.write/fcntl.ioctl on non-blocking fds.
+# Must not know about the wire or the session; later kinds (serial, i2c, spi, gpio) add
+# their handle classes here or in their own posix_<kind> modules.
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import select
+import threading
+from typing import Any
+
+from . import safepath
+from .backend import Access, Backend, DeviceHandle, NodeHandle
+from .manifest import DeviceSpec
+
+# A waiting thread wakes this often to notice that its handle was closed under it.
+WAIT_SLICE = 0.25
+
+_FLAGS = {Access.READ: os.O_RDONLY, Access.WRITE: os.O_WRONLY, Access.RW: os.O_RDWR}
+
+
+def open_fd(spec: DeviceSpec, path: str, access: Access) -> int:
+    """Open ``path`` for ``spec`` with no symlink anywhere, non-blocking, type-checked."""
+    if access not in _FLAGS:
+        raise PermissionError(errno.EACCES, "open needs read or write access")
+    expect = safepath.FileType[spec.file_type.upper()]
+    return safepath.open_device(path, _FLAGS[access] | os.O_NONBLOCK, expect)
+
+
+class PosixNode(NodeHandle):
+    """A raw device node: one non-blocking file descriptor."""
+
+    def __init__(self, spec: DeviceSpec, fd: int) -> None:
+        super().__init__(spec)
+        self.fd = fd
+        self._lock = threading.Lock()
+
+    def _fd(self) -> int:
+        if self.closed:
+            raise OSError(errno.EBADF, "handle is closed")
+        return self.fd
+
+    def read_nowait(self, n: int) -> bytes | None:
+        with self._lock:
+            try:
+                return os.read(self._fd(), n)
+            except BlockingIOError:
+                return None
+
+    def write_nowait(self, data: bytes) -> int | None:
+        with self._lock:
+            try:
+                return os.write(self._fd(), data)
+            except BlockingIOError:
+                return None
+
+    def wait(self, write: bool, timeout: float | None) -> bool:
+        p = select.poll()
+        mask = select.POLLOUT if write else select.POLLIN
+        p.register(self._fd(), mask)
+        remaining = timeout
+        while True:
+            step = WAIT_SLICE if remaining is None else min(WAIT_SLICE, remaining)
+            events = p.poll(step * 1000)
+            self._fd()
+            if events:
+                return True
+            if remaining is not None:
+                remaining -= step
+                if remaining <= 0:
+                    return False
+
+    def do_ioctl(self, request: int, arg: int | bytearray) -> int:
+        with self._lock:
+            if isinstance(arg, bytearray):
+                return fcntl.ioctl(self._fd(), request, arg, True)
+            return fcntl.ioctl(self._fd(), request, arg)
+
+    def close(self) -> None:
+        with self._lock:
+            if not self.closed:
+                self.closed = True
+                os.close(self.fd)
+
+    def describe(self) -> dict[str, Any]:
+        return {"fd": self.fd}
+
+
+class PosixBackend(Backend):
+    """Real hardware through the host's device nodes."""
+
+    name = "posix"
+
+    def __init__(self) -> None:
+        self._pinned: dict[str, str] = {}
+
+    def prepare(self, spec: DeviceSpec) -> None:
+        """Resolve the manifest path once, at start: later symlink swaps are refused."""
+        if spec.path is not None and spec.path not in self._pinned:
+            self._pinned[spec.path] = safepath.pin(spec.path)
+
+    def path(self, spec: DeviceSpec) -> str:
+        assert spec.path is not None
+        if spec.path not in self._pinned:
+            self.prepare(spec)
+        return self._pinned[spec.path]
+
+    def open(self, spec: DeviceSpec, access: Access) -> DeviceHandle:
+        if spec.kind != "node":
+            raise OSError(errno.ENODEV, f"the posix backend has no {spec.kind} support yet")
+        fd = open_fd(spec, self.path(spec), access)
+        return PosixNode(spec, fd)
+
+    def describe(self, spec: DeviceSpec) -> dict[str, Any]:
+        return {"backend": "posix"}

@@ -1,0 +1,390 @@
+# The hwbridge wire protocol, sans I/O: bytes in, typed messages out; messages in, bytes out.
+# Owns framing, the closed set of message types, hello/version negotiation and the
+# connection state table. Must not know about sockets, threads, clocks or the OS: it imports
+# no socket, select, threading, os or time, so it is tested byte by byte with no network.
+#
+# A frame is an 8-byte header, a msgpack body and an optional raw data section:
+#
+#     u32 body_len | u32 data_len | body (msgpack array) | data (raw bytes)
+#
+# The data section carries bulk payloads (a read's bytes, a write's bytes) without msgpack
+# copying them: the encoder moves a large bytes result, or a large bytes last argument, there; both lengths are checked against the frame limit before anything is
+# allocated. Bodies are msgpack arrays whose first element is the message type:
+#
+#     HELLO        [0, version, features, info]
+#     CALL         [1, id, op, args]     with a data section: it is the last argument
+#     REPLY        [2, id, result]       with a data section: it is the result (body: nil)
+#     ERROR        [3, id, errno, message]
+#     BATCH        [4, id, [[op, args], ...]]         args may hold Ref(i): result of op i
+#     BATCH_REPLY  [5, id, [result, ...], error]      error: None or [index, errno, message]
+#     EVENT        [6, topic, handle, payload]
+#
+# Values are limited to msgpack's own types plus Ref (ext type 1); no pickle, no eval.
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeAlias
+
+import msgpack
+
+PROTOCOL_VERSION: Final = 1
+DEFAULT_PORT: Final = 7420
+DEFAULT_MAX_FRAME: Final = 8 * 1024 * 1024
+MAGIC: Final = "hwbridge"
+HEADER: Final = struct.Struct(">II")
+REF_EXT: Final = 1
+_REF = struct.Struct(">H")
+#: Byte strings at least this long travel in the data section instead of the msgpack body.
+BULK_MIN: Final = 4096
+_BULK: Final = (bytes, bytearray, memoryview)
+
+#: Features this implementation knows; the hello exchange keeps the intersection.
+FEATURES: Final = ("batch", "events", "data-section")
+
+
+class ProtocolError(Exception):
+    """The peer broke the protocol: malformed, oversized or out-of-order frames."""
+
+
+class Role(enum.Enum):
+    CLIENT = "client"
+    SERVER = "server"
+
+
+class State(enum.Enum):
+    HELLO = "hello"  # waiting for the peer's hello
+    READY = "ready"
+    CLOSED = "closed"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    """Inside a batch: the result of operation number ``index`` of the same batch."""
+
+    index: int
+
+
+Value: TypeAlias = Any  # a msgpack value: None, bool, int, float, str, bytes, list, dict, Ref
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    version: int = PROTOCOL_VERSION
+    features: tuple[str, ...] = FEATURES
+    info: dict[str, Value] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    id: int
+    op: str
+    args: Sequence[Value]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    id: int
+    result: Value
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    id: int
+    errno: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    id: int
+    ops: Sequence[tuple[str, Sequence[Value]]]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchError:
+    index: int
+    errno: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class BatchReply:
+    id: int
+    results: Sequence[Value]
+    error: BatchError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    topic: str
+    handle: int
+    payload: Value
+
+
+Message: TypeAlias = Hello | Call | Reply | Error | Batch | BatchReply | Event
+
+
+class _NeedData(enum.Enum):
+    NEED_DATA = "need-data"
+
+
+NEED_DATA: Final = _NeedData.NEED_DATA
+
+# Which messages each role may receive once READY; HELLO is only valid in State.HELLO.
+_RECEIVABLE: Final[dict[Role, tuple[type, ...]]] = {
+    Role.SERVER: (Call, Batch),
+    Role.CLIENT: (Reply, Error, BatchReply, Event),
+}
+
+# The state table: (state, message type received) -> next state.
+_TRANSITIONS: Final[dict[tuple[State, type], State]] = {
+    (State.HELLO, Hello): State.READY,
+    (State.HELLO, Error): State.CLOSED,  # a server refusing the hello
+    **{(State.READY, t): State.READY for ts in _RECEIVABLE.values() for t in ts},
+}
+
+
+def _default(obj: object) -> object:
+    if isinstance(obj, Ref):
+        return msgpack.ExtType(REF_EXT, _REF.pack(obj.index))
+    if isinstance(obj, tuple):
+        return list(obj)
+    raise TypeError(f"cannot send a value of type {type(obj).__name__}")
+
+
+def _ext_hook(code: int, data: bytes) -> Ref:
+    if code != REF_EXT or len(data) != _REF.size:
+        raise ProtocolError(f"unknown extension type {code}")
+    return Ref(_REF.unpack(data)[0])
+
+
+_packer_opts: Final = {"default": _default, "use_bin_type": True, "autoreset": True}
+
+
+def encode(msg: Message, packer: msgpack.Packer | None = None) -> list[bytes | memoryview]:
+    """Return the buffers of one frame for ``msg`` (header+body, then data if any)."""
+    data: bytes | bytearray | memoryview | None = None
+    body: list[Value]
+    match msg:
+        case Call(id, op, args):
+            if args and isinstance(args[-1], _BULK) and len(args[-1]) >= BULK_MIN:
+                body, data = [1, id, op, list(args[:-1])], args[-1]
+            else:
+                body = [1, id, op, list(args)]
+        case Reply(id, result):
+            if isinstance(result, _BULK) and len(result) >= BULK_MIN:
+                body, data = [2, id, None], result
+            else:
+                body = [2, id, result]
+        case Error(id, errno, message):
+            body = [3, id, errno, message]
+        case Batch(id, ops):
+            body = [4, id, [[op, list(args)] for op, args in ops]]
+        case BatchReply(id, results, err):
+            e = None if err is None else [err.index, err.errno, err.message]
+            body = [5, id, list(results), e]
+        case Event(topic, handle, payload):
+            body = [6, topic, handle, payload]
+        case Hello(version, features, info):
+            body = [0, version, list(features), {"magic": MAGIC, **info}]
+        case _:
+            raise TypeError(f"not a protocol message: {msg!r}")
+    p = packer if packer is not None else msgpack.Packer(**_packer_opts)
+    raw = p.pack(body)
+    n = 0 if data is None else len(data)
+    head = HEADER.pack(len(raw), n) + raw
+    if data is None or n == 0:
+        return [head]
+    return [head, data if isinstance(data, bytes | memoryview) else memoryview(data)]
+
+
+def _int(v: object, what: str) -> int:
+    if type(v) is not int:
+        raise ProtocolError(f"{what} must be an integer, got {type(v).__name__}")
+    return v
+
+
+def _str(v: object, what: str) -> str:
+    if type(v) is not str:
+        raise ProtocolError(f"{what} must be a string, got {type(v).__name__}")
+    return v
+
+
+def _list(v: object, what: str) -> list[Value]:
+    if type(v) is not list:
+        raise ProtocolError(f"{what} must be an array, got {type(v).__name__}")
+    return v
+
+
+def decode_body(body: Value, data: bytes | bytearray | None) -> Message:
+    """Turn one decoded msgpack body (+ data section) into a typed message."""
+    b = _list(body, "frame body")
+    if not b:
+        raise ProtocolError("empty frame body")
+    kind = b[0]
+    n = len(b)
+    if kind == 1 and n == 4:
+        args = _list(b[3], "args")
+        if data is not None:
+            args.append(data)
+        return Call(_int(b[1], "call id"), _str(b[2], "op"), args)
+    if kind == 2 and n == 3:
+        if data is not None:
+            if b[2] is not None:
+                raise ProtocolError("a reply with a data section has a nil result")
+            return Reply(_int(b[1], "reply id"), data)
+        return Reply(_int(b[1], "reply id"), b[2])
+    if data is not None:
+        raise ProtocolError(f"message type {kind!r} carries no data section")
+    if kind == 3 and n == 4:
+        return Error(_int(b[1], "error id"), _int(b[2], "errno"), _str(b[3], "message"))
+    if kind == 4 and n == 3:
+        ops = []
+        for item in _list(b[2], "batch ops"):
+            pair = _list(item, "batch op")
+            if len(pair) != 2:
+                raise ProtocolError("batch op must be [op, args]")
+            ops.append((_str(pair[0], "op"), _list(pair[1], "args")))
+        return Batch(_int(b[1], "batch id"), ops)
+    if kind == 5 and n == 4:
+        err = None
+        if b[3] is not None:
+            e = _list(b[3], "batch error")
+            if len(e) != 3:
+                raise ProtocolError("batch error must be [index, errno, message]")
+            err = BatchError(_int(e[0], "index"), _int(e[1], "errno"), _str(e[2], "message"))
+        return BatchReply(_int(b[1], "batch id"), _list(b[2], "batch results"), err)
+    if kind == 6 and n == 4:
+        return Event(_str(b[1], "event topic"), _int(b[2], "event handle"), b[3])
+    if kind == 0 and n == 4:
+        info = b[3]
+        if type(info) is not dict or info.get("magic") != MAGIC:
+            raise ProtocolError("not a hwbridge peer (bad hello)")
+        feats = tuple(_str(f, "feature") for f in _list(b[2], "features"))
+        return Hello(_int(b[1], "version"), feats, {k: v for k, v in info.items() if k != "magic"})
+    raise ProtocolError(f"unknown message type {kind!r} with {n} fields")
+
+
+class Connection:
+    """One end of a hwbridge connection as a pure state machine.
+
+    Feed received bytes with :meth:`receive_data` (``b""`` means the peer closed), pull
+    messages with :meth:`next_event` until it returns :data:`NEED_DATA`, and turn outgoing
+    messages into bytes with :meth:`send`. Any protocol violation raises
+    :class:`ProtocolError` and moves the connection to ``State.ERROR`` for good.
+    """
+
+    def __init__(self, role: Role, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.role = role
+        self.max_frame = max_frame
+        self.state = State.HELLO
+        self.peer_hello: Hello | None = None
+        self._buf = bytearray()
+        self._pos = 0
+        self._eof = False
+        self._packer = msgpack.Packer(**_packer_opts)
+        self._receivable = _RECEIVABLE[role]
+
+    # -- receiving ------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Append bytes received from the peer; an empty chunk means end of stream."""
+        if not data:
+            self._eof = True
+            return
+        if self._eof:
+            raise ProtocolError("data received after end of stream")
+        if self._pos and self._pos == len(self._buf):
+            self._buf.clear()
+            self._pos = 0
+        self._buf += data
+
+    def next_event(self) -> Message | _NeedData | None:
+        """The next complete message, NEED_DATA, or None once the peer has closed."""
+        if self.state is State.ERROR:
+            raise ProtocolError("connection is in the error state")
+        buf, pos = self._buf, self._pos
+        avail = len(buf) - pos
+        if avail < HEADER.size:
+            return self._end_or_wait(avail)
+        body_len, data_len = HEADER.unpack_from(buf, pos)
+        total = body_len + data_len
+        if body_len == 0 or total > self.max_frame:
+            self._fail(f"frame of {total} bytes exceeds the limit of {self.max_frame} bytes"
+                       if body_len else "frame with an empty body")
+        if avail < HEADER.size + total:
+            return self._end_or_wait(avail)
+        start = pos + HEADER.size
+        mid = start + body_len
+        end = mid + data_len
+        try:
+            with memoryview(buf) as mv:
+                body = msgpack.unpackb(
+                    mv[start:mid], ext_hook=_ext_hook, raw=False, strict_map_key=False,
+                    use_list=True,
+                )
+                data = bytes(mv[mid:end]) if data_len else None
+        except ProtocolError as e:
+            self._fail(str(e))
+        except Exception as e:  # msgpack raises several types for garbage
+            self._fail(f"malformed frame body: {e.__class__.__name__}: {e}")
+        self._pos = end
+        if end == len(buf):
+            buf.clear()
+            self._pos = 0
+        elif end > 65536 and end * 2 > len(buf):
+            del buf[:end]
+            self._pos = 0
+        try:
+            msg = decode_body(body, data)
+        except ProtocolError as e:
+            self._fail(str(e))
+        return self._transition(msg)
+
+    def _end_or_wait(self, avail: int) -> _NeedData | None:
+        if not self._eof:
+            return NEED_DATA
+        if avail:
+            self._fail(f"connection closed in the middle of a frame ({avail} bytes pending)")
+        self.state = State.CLOSED
+        return None
+
+    def _transition(self, msg: Message) -> Message:
+        key = (self.state, type(msg))
+        nxt = _TRANSITIONS.get(key)
+        if (
+            nxt is None
+            or (self.state is State.READY and not isinstance(msg, self._receivable))
+            or (isinstance(msg, Error) and self.role is Role.SERVER)
+        ):
+            self._fail(f"unexpected {type(msg).__name__} in state {self.state.value}")
+        if isinstance(msg, Hello):
+            self.peer_hello = msg
+            if msg.version != PROTOCOL_VERSION:
+                self._fail(f"peer speaks protocol version {msg.version}, "
+                           f"this side speaks {PROTOCOL_VERSION}")
+        self.state = nxt
+        return msg
+
+    def _fail(self, why: str) -> Any:
+        self.state = State.ERROR
+        raise ProtocolError(why)
+
+    # -- sending --------------------------------------------------------------------------
+
+    def send(self, msg: Message) -> list[bytes | memoryview]:
+        """Bytes (one or two buffers, for a gather write) that carry ``msg`` to the peer."""
+        bufs = encode(msg, self._packer)
+        size = sum(len(b) for b in bufs) - HEADER.size
+        if size > self.max_frame:
+            raise ValueError(f"message of {size} bytes exceeds the frame limit {self.max_frame}")
+        return bufs
+
+
+def negotiate(ours: Sequence[str], theirs: Sequence[str]) -> tuple[str, ...]:
+    """Features both sides know, in our order."""
+    return tuple(f for f in ours if f in theirs)

@@ -1,0 +1,332 @@
+# One client connection's state on the device host: its handle table and the dispatch of
+# calls and batches to device handles. Owns capability checks (only manifest devices, only
+# the rights granted, only the operations a kind declares) and the mapping of exceptions to
+# errno replies. Must not know about sockets: the transport hands it messages and a send
+# function, so it is driven directly in tests.
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .backend import Access, Backend, DeviceHandle, NodeHandle, OpInfo
+from .manifest import DeviceSpec, Manifest
+from .protocol import Batch, BatchError, BatchReply, Call, Error, Event, Message, Ref, Reply
+from .timeout import Deadline, WouldBlock
+
+log = logging.getLogger("hwbridge.session")
+
+MAX_HANDLES = 1024
+MAX_WAITING = 64  # operations of one connection waiting on a thread at once
+
+
+class Host:
+    """What a device host serves: the manifest and the backends behind its devices."""
+
+    def __init__(self, manifest: Manifest, backends: dict[str, Backend] | None = None) -> None:
+        self.manifest = manifest
+        self.backends: dict[str, Backend] = dict(backends or {})
+        self._lock = threading.Lock()
+
+    def backend(self, name: str) -> Backend:
+        with self._lock:
+            b = self.backends.get(name)
+            if b is None:
+                b = self.backends[name] = _load_backend(name)
+            return b
+
+    def prepare(self) -> None:
+        """Let every backend check its devices before the first client arrives."""
+        for spec in self.manifest.devices.values():
+            self.backend(spec.backend).prepare(spec)
+
+    def device_list(self) -> list[dict[str, Any]]:
+        return [spec.public() for spec in self.manifest.devices.values()]
+
+    def close(self) -> None:
+        for b in self.backends.values():
+            b.close()
+
+
+def _load_backend(name: str) -> Backend:
+    if name == "posix":
+        from .posix import PosixBackend
+
+        return PosixBackend()
+    if name == "sim":
+        from .sim import SimBackend
+
+        return SimBackend()
+    raise OSError(errno.ENODEV, f"no backend called {name!r}")
+
+
+@dataclass
+class _Entry:
+    handle: DeviceHandle
+    access: Access
+
+
+class Session:
+    """The per-connection handle table and dispatcher."""
+
+    def __init__(self, host: Host, send: Callable[[Message], None], peer: str = "?") -> None:
+        self.host = host
+        self.send = send
+        self.peer = peer
+        self.handles: dict[int, _Entry] = {}
+        self._next = 1
+        self._lock = threading.Lock()
+        self._waiting = 0
+        self.closed = False
+
+    # -- entry points ---------------------------------------------------------------------
+
+    def handle(self, msg: Message) -> None:
+        """Execute one call or batch; the reply is sent now or by a waiting thread."""
+        if isinstance(msg, Call):
+            self._call(msg)
+        elif isinstance(msg, Batch):
+            self._batch(msg, 0, [], on_thread=False)
+
+    def close(self) -> None:
+        """Close everything this connection opened (clean exit or not)."""
+        with self._lock:
+            self.closed = True
+            entries = list(self.handles.values())
+            self.handles.clear()
+        for e in entries:
+            _close_quietly(e.handle)
+
+    # -- calls ----------------------------------------------------------------------------
+
+    def _call(self, c: Call) -> None:
+        try:
+            target = self._resolve(c.op, c.args)
+            if target is None:
+                self.send(Reply(c.id, self._core(c.op, c.args)))
+                return
+            handle, info, args = target
+            if not info.blocking:
+                self.send(Reply(c.id, _invoke(handle, info, args, None)))
+                return
+            timeout = _timeout(args)
+            try:
+                result = _invoke(handle, info, args[:-1], Deadline.probing())
+            except WouldBlock:
+                if timeout == 0:
+                    result = _invoke(handle, info, args[:-1], Deadline(0))
+                else:
+                    self._wait_on_thread(c, handle, info, args[:-1], timeout)
+                    return
+            self.send(Reply(c.id, result))
+        except Exception as e:
+            self.send(Error(c.id, *self._error(e, c.op, c.args)))
+
+    def _wait_on_thread(self, c: Call, handle: DeviceHandle, info: OpInfo,
+                        args: Sequence[Any], timeout: float | None) -> None:
+        with self._lock:
+            if self._waiting >= MAX_WAITING:
+                raise BlockingIOError(errno.EAGAIN, f"more than {MAX_WAITING} waiting operations")
+            self._waiting += 1
+        deadline = Deadline(timeout)
+
+        def run() -> None:
+            try:
+                msg: Message = Reply(c.id, _invoke(handle, info, args, deadline))
+            except Exception as e:
+                msg = Error(c.id, *self._error(e, c.op, c.args))
+            finally:
+                with self._lock:
+                    self._waiting -= 1
+            if not self.closed:
+                self.send(msg)
+
+        threading.Thread(target=run, name=f"hwbridge-wait-{c.op}", daemon=True).start()
+
+    def _batch(self, b: Batch, start: int, results: list[Any], on_thread: bool) -> None:
+        """Run ops from ``start``; on the first op that must wait, go on in a thread."""
+        for i in range(start, len(b.ops)):
+            op, raw = b.ops[i]
+            try:
+                args = [_deref(a, results, i) for a in raw]
+                target = self._resolve(op, args)
+                if target is None:
+                    results.append(self._core(op, args))
+                    continue
+                handle, info, hargs = target
+                if not info.blocking:
+                    results.append(_invoke(handle, info, hargs, None))
+                    continue
+                timeout = _timeout(hargs)
+                try:
+                    results.append(_invoke(handle, info, hargs[:-1], Deadline.probing()))
+                except WouldBlock:
+                    if timeout == 0:
+                        results.append(_invoke(handle, info, hargs[:-1], Deadline(0)))
+                    elif on_thread:
+                        results.append(_invoke(handle, info, hargs[:-1], Deadline(timeout)))
+                    else:
+                        self._batch_on_thread(b, i, results)
+                        return
+            except Exception as e:
+                err = BatchError(i, *self._error(e, op, raw))
+                self.send(BatchReply(b.id, results, err))
+                return
+        self.send(BatchReply(b.id, results, None))
+
+    def _batch_on_thread(self, b: Batch, start: int, results: list[Any]) -> None:
+        with self._lock:
+            if self._waiting >= MAX_WAITING:
+                raise BlockingIOError(errno.EAGAIN, f"more than {MAX_WAITING} waiting operations")
+            self._waiting += 1
+
+        def run() -> None:
+            try:
+                self._batch(b, start, results, on_thread=True)
+            finally:
+                with self._lock:
+                    self._waiting -= 1
+
+        threading.Thread(target=run, name="hwbridge-batch", daemon=True).start()
+
+    # -- dispatch -------------------------------------------------------------------------
+
+    def _resolve(self, op: str, args: Sequence[Any]
+                 ) -> tuple[DeviceHandle, OpInfo, Sequence[Any]] | None:
+        """None for a session-level op; else the handle, the op's table entry and its args."""
+        if op in _CORE_OPS:
+            return None
+        if not args or type(args[0]) is not int:
+            raise ValueError(f"operation {op!r} needs a handle as its first argument")
+        entry = self.handles.get(args[0])
+        if entry is None:
+            raise OSError(errno.EBADF, f"no open handle {args[0]} on this connection")
+        info = type(entry.handle).OPS.get(op)
+        if info is None:
+            raise OSError(errno.EOPNOTSUPP,
+                          f"operation {op!r} is not supported by a {entry.handle.kind} device")
+        missing = info.access & ~entry.access
+        if missing:
+            raise PermissionError(errno.EACCES,
+                                  f"{op} needs {missing.text()!r} access, the handle has "
+                                  f"{entry.access.text()!r}")
+        return entry.handle, info, args[1:]
+
+    def _core(self, op: str, args: Sequence[Any]) -> Any:
+        if op == "open":
+            return self._open(*_arity(op, args, 1, 2))
+        if op == "close":
+            (hid,) = _arity(op, args, 1, 1)
+            with self._lock:
+                entry = self.handles.pop(hid, None) if type(hid) is int else None
+            if entry is None:
+                raise OSError(errno.EBADF, f"no open handle {hid!r} on this connection")
+            entry.handle.close()
+            return None
+        if op == "devices":
+            _arity(op, args, 0, 0)
+            return self.host.device_list()
+        if op == "info":
+            (name,) = _arity(op, args, 1, 1)
+            spec = self._spec(name)
+            return {**spec.public(), **self.host.backend(spec.backend).describe(spec)}
+        raise AssertionError(op)
+
+    def _spec(self, name: object) -> DeviceSpec:
+        spec = self.host.manifest.devices.get(name) if isinstance(name, str) else None
+        if spec is None:
+            raise FileNotFoundError(errno.ENOENT, f"no device {name!r} on this host")
+        return spec
+
+    def _open(self, name: object, access: object = None) -> int:
+        spec = self._spec(name)
+        want = spec.access if access is None else Access.parse(str(access))
+        if want & ~spec.access:
+            raise PermissionError(errno.EACCES, f"the manifest grants {spec.access.text()!r} "
+                                                f"access to {spec.name}, not {want.text()!r}")
+        with self._lock:
+            if len(self.handles) >= MAX_HANDLES:
+                raise OSError(errno.EMFILE, f"more than {MAX_HANDLES} open handles")
+        handle = self.host.backend(spec.backend).open(spec, want)
+        if isinstance(handle, NodeHandle):
+            handle.max_io = self.host.manifest.max_frame - 4096
+        with self._lock:
+            if self.closed:
+                _close_quietly(handle)
+                raise OSError(errno.ECONNRESET, "connection closed")
+            hid = self._next
+            self._next += 1
+            self.handles[hid] = _Entry(handle, want)
+        handle.attach(lambda topic, payload: self._event(topic, hid, payload))
+        return hid
+
+    def _event(self, topic: str, hid: int, payload: Any) -> None:
+        if not self.closed:
+            self.send(Event(topic, hid, payload))
+
+    def _error(self, e: BaseException, op: str, args: Sequence[Any]) -> tuple[int, str]:
+        """errno and message for an exception raised while running ``op``."""
+        where = op
+        if args and type(args[0]) is int and op not in _CORE_OPS:
+            entry = self.handles.get(args[0])
+            if entry is not None:
+                where = f"{entry.handle.spec.name}: {op}"
+        elif op in ("open", "info") and args and isinstance(args[0], str):
+            where = f"{args[0]}: {op}"
+        if isinstance(e, OSError) and e.errno:
+            return e.errno, f"{where}: {e.strerror or e}"
+        if isinstance(e, TimeoutError):
+            return errno.ETIMEDOUT, f"{where}: timed out"
+        if isinstance(e, ValueError | TypeError):
+            return errno.EINVAL, f"{where}: {e}"
+        log.exception("unexpected error in %s from %s", op, self.peer)
+        return errno.EIO, f"{where}: internal error: {type(e).__name__}: {e}"
+
+
+_CORE_OPS = frozenset({"open", "close", "devices", "info"})
+
+
+def _invoke(handle: DeviceHandle, info: OpInfo, args: Sequence[Any],
+            deadline: Deadline | None) -> Any:
+    fn = getattr(handle, info.method)
+    if handle.closed:
+        raise OSError(errno.EBADF, "handle is closed")
+    if deadline is None:
+        return fn(*args)
+    return fn(*args, deadline)
+
+
+def _timeout(args: Sequence[Any]) -> float | None:
+    if not args:
+        raise ValueError("a blocking operation needs a timeout as its last argument")
+    t = args[-1]
+    if t is None:
+        return None
+    if type(t) not in (int, float) or not t >= 0:
+        raise ValueError(f"timeout must be None or >= 0 seconds, not {t!r}")
+    return float(t)
+
+
+def _arity(op: str, args: Sequence[Any], lo: int, hi: int) -> Sequence[Any]:
+    if not lo <= len(args) <= hi:
+        raise TypeError(f"{op} takes {lo}..{hi} arguments, got {len(args)}")
+    return args
+
+
+def _deref(a: Any, results: list[Any], i: int) -> Any:
+    if isinstance(a, Ref):
+        if not 0 <= a.index < i:
+            raise ValueError(f"operation {i} refers to the result of operation {a.index}, "
+                             "which does not come before it")
+        return results[a.index]
+    return a
+
+
+def _close_quietly(h: DeviceHandle) -> None:
+    try:
+        h.close()
+    except Exception:
+        log.exception("closing %s", h.spec.name)

@@ -1,0 +1,91 @@
+# The proxy for raw device nodes (kind "node"): read, write, poll, allowlisted ioctls.
+# Client side, pure Python: every method is exactly one remote operation (or one entry of
+# a batch). Must not know about sockets.
+from __future__ import annotations
+
+import ctypes
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from bridge.client import Client
+
+S = TypeVar("S", bound=ctypes.Structure)
+
+
+class Node:
+    """A device node on a remote host, used like a file descriptor.
+
+    ``timeout`` (seconds; None waits forever, 0 polls) bounds ``read``; ``write_timeout``
+    bounds ``write``. Both are sent with each call, so changing them costs nothing.
+    """
+
+    def __init__(self, client: Client, name: str, handle: Any,
+                 description: dict[str, Any] | None = None) -> None:
+        self.client = client
+        self.name = name
+        self._handle = handle
+        self.description = description or {}
+        self.timeout: float | None = None
+        self.write_timeout: float | None = None
+        self.closed = False
+
+    @property
+    def handle(self) -> Any:
+        """The host's handle number (a Deferred while the batch that opened it is pending)."""
+        h = self._handle
+        if hasattr(h, "done") and h.done:
+            self._handle = h = h.result()
+        return h
+
+    def read(self, n: int) -> Any:
+        """Up to ``n`` bytes, waiting up to ``timeout`` for the first one (TimeoutError)."""
+        return self.client.call("read", [self.handle, n, self.timeout])
+
+    def write(self, data: bytes | bytearray | memoryview) -> Any:
+        """Write ``data``; returns the number of bytes the device took."""
+        return self.client.call("write", [self.handle, data, self.write_timeout])
+
+    def poll(self, timeout: float | None = 0.0) -> Any:
+        """True when the node is readable within ``timeout`` seconds."""
+        return self.client.call("poll", [self.handle, timeout])
+
+    def ioctl(self, request: str | int, arg: Any = None) -> Any:
+        """Issue an ioctl the manifest allows.
+
+        ``arg`` is None, an int, bytes/bytearray or a ctypes Structure. Codes that write back
+        return the same type (bytes, or a new Structure of the argument's type); others return
+        the int return value.
+        """
+        kind: type[ctypes.Structure] | None = None
+        wire: Any = arg
+        if isinstance(arg, ctypes.Structure | ctypes.Union | ctypes.Array):
+            kind = type(arg)
+            wire = bytes(memoryview(arg).cast("B"))
+        elif isinstance(arg, bytearray | memoryview):
+            wire = bytes(arg)
+
+        def convert(result: list[Any]) -> Any:
+            ret, out = result
+            if out is None:
+                return ret
+            if kind is not None:
+                return kind.from_buffer_copy(out)
+            return out
+
+        return self.client.call("ioctl", [self.handle, request, wire], convert)
+
+    def close(self) -> None:
+        """Release the handle on the host (idempotent)."""
+        if not self.closed:
+            self.closed = True
+            self.client.call("close", [self.handle])
+
+    def __enter__(self) -> Node:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.client.closed:
+            self.close()
+
+    def __repr__(self) -> str:
+        return f"<Node {self.name} on {self.client.url}>"

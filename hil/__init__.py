@@ -1,0 +1,1 @@
+# Hardware-in-the-loop: the pytest plugin and rig files (see README).
