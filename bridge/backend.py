@@ -102,6 +102,18 @@ class DeviceHandle(abc.ABC):
         return {}
 
 
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """Returned by an operation that creates a new handle (e.g. a GPIO line request).
+
+    The session registers ``handle`` in the connection's table, with ``access``, and the
+    client receives the new handle's number in its place.
+    """
+
+    handle: DeviceHandle
+    access: Access = Access.RW
+
+
 class EventSink(Protocol):
     def __call__(self, topic: str, payload: Any) -> None: ...
 
@@ -126,7 +138,8 @@ class Backend(abc.ABC):
         """Release backend-wide resources at server shutdown."""
 
 
-__all__ = ["Access", "Backend", "Deadline", "DeviceHandle", "EventSink", "OpInfo", "op"]
+__all__ = ["Access", "Backend", "Deadline", "DeviceHandle", "EventSink", "NodeHandle", "OpInfo",
+           "Opened", "op"]
 
 
 class NodeHandle(DeviceHandle):

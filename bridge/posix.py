@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import importlib
 import os
 import select
 import threading
@@ -14,6 +15,8 @@ from typing import Any
 from . import safepath
 from .backend import Access, Backend, DeviceHandle, NodeHandle
 from .manifest import DeviceSpec
+
+POSIX_KINDS = ("serial", "i2c", "spi", "gpio", "usb", "library")
 
 # A waiting thread wakes this often to notice that its handle was closed under it.
 WAIT_SLICE = 0.25
@@ -108,10 +111,20 @@ class PosixBackend(Backend):
         return self._pinned[spec.path]
 
     def open(self, spec: DeviceSpec, access: Access) -> DeviceHandle:
-        if spec.kind != "node":
-            raise OSError(errno.ENODEV, f"the posix backend has no {spec.kind} support yet")
-        fd = open_fd(spec, self.path(spec), access)
-        return PosixNode(spec, fd)
+        if spec.kind == "node":
+            return PosixNode(spec, open_fd(spec, self.path(spec), access))
+        # Every other kind lives in its own module, bridge/posix_<kind>.py, exposing
+        # open_device(backend, spec, access) -> DeviceHandle.
+        if spec.kind not in POSIX_KINDS:
+            raise OSError(errno.ENODEV, f"the posix backend has no {spec.kind} support")
+        try:
+            module = importlib.import_module(f"bridge.posix_{spec.kind}")
+        except ModuleNotFoundError as e:
+            if e.name != f"bridge.posix_{spec.kind}":
+                raise
+            raise OSError(errno.ENODEV, f"the posix backend has no {spec.kind} support") from None
+        handle: DeviceHandle = module.open_device(self, spec, access)
+        return handle
 
     def describe(self, spec: DeviceSpec) -> dict[str, Any]:
         return {"backend": "posix"}

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .backend import Access, Backend, DeviceHandle, NodeHandle, OpInfo
+from .backend import Access, Backend, DeviceHandle, NodeHandle, OpInfo, Opened
 from .manifest import DeviceSpec, Manifest
 from .protocol import Batch, BatchError, BatchReply, Call, Error, Event, Message, Ref, Reply
 from .timeout import Deadline, WouldBlock
@@ -251,9 +251,17 @@ class Session:
             if len(self.handles) >= MAX_HANDLES:
                 raise OSError(errno.EMFILE, f"more than {MAX_HANDLES} open handles")
         handle = self.host.backend(spec.backend).open(spec, want)
+        return self._register(handle, want)
+
+    def _register(self, handle: DeviceHandle, want: Access) -> int:
+        """Put an open handle into this connection's table; its number goes to the client."""
         if isinstance(handle, NodeHandle):
             handle.max_io = self.host.manifest.max_frame - 4096
+        handle._session = self  # type: ignore[attr-defined]
         with self._lock:
+            if len(self.handles) >= MAX_HANDLES:
+                _close_quietly(handle)
+                raise OSError(errno.EMFILE, f"more than {MAX_HANDLES} open handles")
             if self.closed:
                 _close_quietly(handle)
                 raise OSError(errno.ECONNRESET, "connection closed")
@@ -294,9 +302,14 @@ def _invoke(handle: DeviceHandle, info: OpInfo, args: Sequence[Any],
     fn = getattr(handle, info.method)
     if handle.closed:
         raise OSError(errno.EBADF, "handle is closed")
-    if deadline is None:
-        return fn(*args)
-    return fn(*args, deadline)
+    result = fn(*args) if deadline is None else fn(*args, deadline)
+    if isinstance(result, Opened):
+        session: Session | None = getattr(handle, "_session", None)
+        if session is None:
+            _close_quietly(result.handle)
+            raise OSError(errno.EBADF, "handle is not attached to a connection")
+        return session._register(result.handle, result.access)
+    return result
 
 
 def _timeout(args: Sequence[Any]) -> float | None:

@@ -1,21 +1,39 @@
 # The sim backend and its model registry. A model is a factory DeviceSpec -> DeviceHandle.
+# Models live in one module per kind (sim/nodes.py, sim/serial.py, sim/i2c.py, ...); each
+# module exposes MODELS (model name -> factory) and LAB (its devices of the built-in lab,
+# as manifest tables). This module only gathers them.
 from __future__ import annotations
 
 import errno
+import importlib
 from collections.abc import Callable
 from typing import Any
 
 from bridge.backend import Access, Backend, DeviceHandle
 from bridge.manifest import DeviceSpec, Manifest, parse
 
-from . import nodes
-
 ModelFactory = Callable[[DeviceSpec], DeviceHandle]
 
-MODELS: dict[str, ModelFactory] = {
-    "null": nodes.NullNode,
-    "zero": nodes.ZeroNode,
-}
+# The modules that contribute models and lab devices, in lab order.
+MODEL_MODULES = ("nodes", "serial", "i2c", "spi", "gpio", "usb", "library")
+
+MODELS: dict[str, ModelFactory] = {}
+LAB: dict[str, dict[str, Any]] = {}
+
+
+def _gather() -> None:
+    for name in MODEL_MODULES:
+        try:
+            mod = importlib.import_module(f"bridge.sim.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"bridge.sim.{name}":
+                raise
+            continue  # that kind has no simulator yet
+        MODELS.update(getattr(mod, "MODELS", {}))
+        LAB.update(getattr(mod, "LAB", {}))
+
+
+_gather()
 
 
 def register(name: str, factory: ModelFactory) -> None:
@@ -24,7 +42,7 @@ def register(name: str, factory: ModelFactory) -> None:
 
 
 class SimBackend(Backend):
-    """Serves simulated devices; one model instance per open handle unless shared."""
+    """Serves simulated devices; what a model shares between handles is up to the model."""
 
     name = "sim"
 
@@ -41,14 +59,6 @@ class SimBackend(Backend):
 
     def describe(self, spec: DeviceSpec) -> dict[str, Any]:
         return {"backend": "sim", "model": spec.sim}
-
-
-LAB = {
-    "null": {"kind": "node", "sim": "null", "description": "like /dev/null",
-             "ioctls": ["FIONREAD"]},
-    "zero": {"kind": "node", "sim": "zero", "description": "like /dev/zero",
-             "ioctls": ["FIONREAD"]},
-}
 
 
 def lab_manifest() -> Manifest:

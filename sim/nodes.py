@@ -36,3 +36,13 @@ class ZeroNode(NullNode):
     def read_nowait(self, n: int) -> bytes | None:
         self._check()
         return bytes(n)
+
+
+MODELS = {"null": NullNode, "zero": ZeroNode}
+
+LAB = {
+    "null": {"kind": "node", "sim": "null", "description": "like /dev/null",
+             "ioctls": ["FIONREAD"]},
+    "zero": {"kind": "node", "sim": "zero", "description": "like /dev/zero",
+             "ioctls": ["FIONREAD"]},
+}

@@ -1,0 +1,92 @@
+# Helpers for tests and benchmarks: start a real `hwbridge serve` process on a free loopback
+# port from a manifest text (or the built-in simulated lab) and learn its URL from the line
+# it prints. Host-side helper; the client never imports it.
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+_READY = re.compile(r"serving \d+ devices on (hwbridge://\S+)")
+
+
+@dataclass
+class ServerProc:
+    """A running `hwbridge serve` child process."""
+
+    url: str
+    proc: subprocess.Popen[bytes]
+    manifest: Path | None
+
+    def fd_count(self) -> int:
+        """Open file descriptors of the server process right now (Linux /proc)."""
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+    def rss_kib(self) -> int:
+        """Resident set size of the server process in KiB (Linux /proc)."""
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Stop the server (SIGTERM by default) and return its exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> ServerProc:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_server(manifest: str | None = None, *extra: str, workdir: Path | None = None,
+                 env: dict[str, str] | None = None) -> ServerProc:
+    """Start `hwbridge serve` on 127.0.0.1 with a free port and wait until it listens."""
+    cmd = [sys.executable, "-m", "bridge.cli", "serve", "--listen", "127.0.0.1:0", *extra]
+    path = None
+    if manifest is not None:
+        d = workdir or Path(tempfile.mkdtemp(prefix="hwbridge-"))
+        path = d / f"host-{time.monotonic_ns()}.toml"
+        path.write_text(manifest)
+        cmd[4:4] = ["--config", str(path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, **(env or {})})
+    assert proc.stdout is not None
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    out = b""
+    end = time.monotonic() + 30
+    try:
+        while time.monotonic() < end:
+            if not sel.select(timeout=max(0.0, end - time.monotonic())):
+                break
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                break
+            out += chunk
+            m = _READY.search(out.decode(errors="replace"))
+            if m:
+                return ServerProc(m.group(1), proc, path)
+    finally:
+        sel.close()
+    proc.kill()
+    proc.wait()
+    raise RuntimeError(f"hwbridge serve did not start: {out.decode(errors='replace')}")
