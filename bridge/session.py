@@ -12,9 +12,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .backend import Access, Backend, DeviceHandle, NodeHandle, OpInfo, Opened
+from .backend import Access, Backend, DeviceHandle, NodeHandle, Opened, OpInfo
 from .manifest import DeviceSpec, Manifest
 from .protocol import Batch, BatchError, BatchReply, Call, Error, Event, Message, Ref, Reply
+from .tap import Tap
 from .timeout import Deadline, WouldBlock
 
 log = logging.getLogger("hwbridge.session")
@@ -29,6 +30,7 @@ class Host:
     def __init__(self, manifest: Manifest, backends: dict[str, Backend] | None = None) -> None:
         self.manifest = manifest
         self.backends: dict[str, Backend] = dict(backends or {})
+        self.tap: Tap | None = None  # sees every operation (record, faults); see bridge/tap.py
         self._lock = threading.Lock()
 
     def backend(self, name: str) -> Backend:
@@ -250,7 +252,10 @@ class Session:
         with self._lock:
             if len(self.handles) >= MAX_HANDLES:
                 raise OSError(errno.EMFILE, f"more than {MAX_HANDLES} open handles")
-        handle = self.host.backend(spec.backend).open(spec, want)
+        backend = self.host.backend(spec.backend)
+        tap = self.host.tap
+        handle = (backend.open(spec, want) if tap is None
+                  else tap.open(spec, want, lambda: backend.open(spec, want)))
         return self._register(handle, want)
 
     def _register(self, handle: DeviceHandle, want: Access) -> int:
@@ -258,6 +263,8 @@ class Session:
         if isinstance(handle, NodeHandle):
             handle.max_io = self.host.manifest.max_frame - 4096
         handle._session = self  # type: ignore[attr-defined]
+        if self.host.tap is not None:
+            handle._tap = self.host.tap  # type: ignore[attr-defined]
         with self._lock:
             if len(self.handles) >= MAX_HANDLES:
                 _close_quietly(handle)
@@ -302,7 +309,12 @@ def _invoke(handle: DeviceHandle, info: OpInfo, args: Sequence[Any],
     fn = getattr(handle, info.method)
     if handle.closed:
         raise OSError(errno.EBADF, "handle is closed")
-    result = fn(*args) if deadline is None else fn(*args, deadline)
+    tap: Tap | None = getattr(handle, "_tap", None)
+    if tap is not None:
+        result = tap.call(handle, info, args, deadline,
+                          lambda a, d: fn(*a) if d is None else fn(*a, d))
+    else:
+        result = fn(*args) if deadline is None else fn(*args, deadline)
     if isinstance(result, Opened):
         session: Session | None = getattr(handle, "_session", None)
         if session is None:
