@@ -1,0 +1,343 @@
+# The proxy for serial ports (kind "serial"): a pyserial SerialBase, so code written for
+# pyserial runs unchanged against a remote port. Input arrives pushed ("serial.data" events)
+# into a local buffer: read(), readline() and read_until() cost no round trip when the data
+# is already here. Settings, lines, break, flush and write are one remote operation each.
+# Client side, pure Python (imports on Windows). Must not know about sockets or termios.
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+import serial
+from serial.serialutil import PortNotOpenError, SerialException, SerialTimeoutException, Timeout
+
+if TYPE_CHECKING:
+    from bridge.client import Client
+    from bridge.protocol import Event
+
+WRITE_CHUNK = 1 << 20
+CATCH_UP = 5.0  # seconds in_waiting waits for pushed data already on its way
+
+__all__ = ["PortNotOpenError", "RemoteSerialBase", "Serial", "SerialException",
+           "SerialTimeoutException", "URLSerial"]
+
+
+class RemoteSerialBase(serial.SerialBase):  # type: ignore[misc]
+    """The shared logic of a serial port on a device host; see :class:`Serial`."""
+
+    client: Client | None = None
+    _hid: int | None = None
+    _owns_client = False
+
+    # -- attaching to a host handle -------------------------------------------------------
+
+    def _attach(self, client: Client, device: str, make_handle: Any,
+                settings: dict[str, Any] | None,
+                lines: tuple[bool | None, bool | None] | None) -> None:
+        """Open (or adopt) the host handle and start the push stream, in one round trip.
+
+        ``make_handle`` is a handle number or a callable issuing the open inside the batch.
+        ``settings``/``lines`` are applied to the port; None adopts the host's settings.
+        """
+        self.client = client
+        self._device = device
+        self._rx = bytearray()
+        self._rx_cv = threading.Condition()
+        self._received = 0
+        self._discard_until = 0
+        self._early: list[Event] = []
+        self._hid = None
+        self._cancel = False
+        self._handler = self._on_data
+        client.on_event(self._handler, "serial.data")
+        try:
+            with client.batch():
+                h = make_handle() if callable(make_handle) else make_handle
+                got = client.call("configure", [h, settings or {}])
+                if lines is not None:
+                    client.call("set_lines", [h, lines[0], lines[1]])
+                if self._exclusive:
+                    client.call("exclusive", [h, True])
+                client.call("stream", [h, True])
+        except BaseException:
+            client.remove_handler(self._handler)
+            raise
+        handle = h.result() if hasattr(h, "result") else h
+        with self._rx_cv:
+            self._hid = handle
+            early, self._early = self._early, []
+        for ev in early:
+            self._on_data(ev)
+        self._sent = got.result()
+        if settings is None:
+            self._adopt(self._sent)
+        self.is_open = True
+
+    def _adopt(self, s: dict[str, Any]) -> None:
+        self._baudrate, self._bytesize, self._parity = s["baudrate"], s["bytesize"], s["parity"]
+        self._stopbits, self._xonxoff = s["stopbits"], s["xonxoff"]
+        self._rtscts, self._dsrdtr = s["rtscts"], s["dsrdtr"]
+
+    def _wanted(self) -> dict[str, Any]:
+        return {"baudrate": self._baudrate, "bytesize": self._bytesize, "parity": self._parity,
+                "stopbits": self._stopbits, "xonxoff": bool(self._xonxoff),
+                "rtscts": bool(self._rtscts), "dsrdtr": bool(self._dsrdtr)}
+
+    def _on_data(self, ev: Event) -> None:
+        """Event handler (dispatcher thread): append pushed bytes to the local buffer."""
+        with self._rx_cv:
+            if self._hid is None:
+                self._early.append(ev)
+                return
+            if ev.handle != self._hid or not isinstance(ev.payload, bytes):
+                return
+            data = ev.payload
+            start = self._received
+            self._received += len(data)
+            if start < self._discard_until:  # sent before a reset_input_buffer
+                data = data[self._discard_until - start:]
+            if data:
+                self._rx += data
+                self._rx_cv.notify_all()
+
+    def _call(self, op: str, *args: Any) -> Any:
+        if not self.is_open or self.client is None:
+            raise PortNotOpenError()
+        return self.client.call(op, [self._hid, *args])
+
+    # -- pyserial's backend interface -----------------------------------------------------
+
+    def _reconfigure_port(self, force_update: bool = False) -> None:
+        if not self.is_open:
+            return
+        wanted = self._wanted()
+        if wanted != self._sent or force_update:
+            self._sent = self._call("configure", wanted)
+        if self._exclusive is not None and bool(self._exclusive) != getattr(self, "_excl", False):
+            self._call("exclusive", bool(self._exclusive))
+        self._excl = bool(self._exclusive)
+
+    def _update_dtr_state(self) -> None:
+        self._call("set_lines", bool(self._dtr_state), None)
+
+    def _update_rts_state(self) -> None:
+        self._call("set_lines", None, bool(self._rts_state))
+
+    def _update_break_state(self) -> None:
+        self._call("break_condition", bool(self._break_state))
+
+    # -- reading --------------------------------------------------------------------------
+
+    @property
+    def in_waiting(self) -> int:
+        """Bytes received and not yet read (one round trip, to count bytes in flight)."""
+        pushed, held = self._call("in_waiting")
+        with self._rx_cv:
+            self._rx_cv.wait_for(lambda: self._received >= pushed or not self.is_open, CATCH_UP)
+            return len(self._rx) + int(held)
+
+    def read(self, size: int = 1) -> bytes:
+        """Up to ``size`` bytes, waiting as pyserial does: ``timeout`` None waits for all,
+        0 returns what is here, t waits up to t seconds; ``inter_byte_timeout`` ends the
+        wait once bytes stop coming."""
+        if not self.is_open:
+            raise PortNotOpenError()
+        if size <= 0:
+            return b""
+        return self._wait_and_take(lambda buf: size if len(buf) >= size else -1, size)
+
+    def read_until(self, expected: bytes = serial.LF, size: int | None = None) -> bytes:
+        """Read until ``expected`` is found, ``size`` bytes are read, or the timeout."""
+        if not self.is_open:
+            raise PortNotOpenError()
+        exp = bytes(expected)
+
+        def done(buf: bytearray) -> int:
+            i = buf.find(exp)
+            if i >= 0 and (size is None or i + len(exp) <= size):
+                return i + len(exp)
+            return size if size is not None and len(buf) >= size else -1
+
+        return self._wait_and_take(done, size)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        """A line ending in b"\\n" (or less on timeout / at ``size`` bytes)."""
+        return self.read_until(serial.LF, None if size is None or size < 0 else size)
+
+    def _wait_and_take(self, done: Any, cap: int | None) -> bytes:
+        timeout = Timeout(self._timeout)
+        with self._rx_cv:
+            seen = len(self._rx)
+            gap: Timeout | None = None
+            while True:
+                n = done(self._rx)
+                if n >= 0:
+                    break
+                if self._cancel or not self.is_open or timeout.expired():
+                    n = len(self._rx) if cap is None else min(cap, len(self._rx))
+                    break
+                if gap is not None and gap.expired():
+                    n = len(self._rx) if cap is None else min(cap, len(self._rx))
+                    break
+                wait = timeout.time_left()
+                if gap is not None:
+                    left = gap.time_left()
+                    wait = left if wait is None else min(wait, left)
+                self._rx_cv.wait(wait)
+                if len(self._rx) > seen and self._inter_byte_timeout is not None:
+                    gap = Timeout(self._inter_byte_timeout)
+                seen = len(self._rx)
+            self._cancel = False
+            out = bytes(self._rx[:n])
+            del self._rx[:n]
+            return out
+
+    def cancel_read(self) -> None:
+        """Make a read waiting in another thread return now with what it has."""
+        with self._rx_cv:
+            self._cancel = True
+            self._rx_cv.notify_all()
+
+    def reset_input_buffer(self) -> None:
+        """Drop received data here, on the host and on its way between them."""
+        pushed = self._call("reset_input")
+        with self._rx_cv:
+            self._rx.clear()
+            self._discard_until = max(self._discard_until, int(pushed))
+
+    # -- writing --------------------------------------------------------------------------
+
+    def write(self, data: Any) -> int:
+        """Send ``data``; returns its length. SerialTimeoutException after write_timeout."""
+        if not self.is_open:
+            raise PortNotOpenError()
+        d = serial.to_bytes(data)
+        timeout = Timeout(self._write_timeout)
+        view = memoryview(d)
+        while view:
+            try:
+                n = self._call("write", view[:WRITE_CHUNK].tobytes(), timeout.time_left())
+            except TimeoutError:
+                raise SerialTimeoutException("Write timeout") from None
+            view = view[n:]
+            if view and timeout.expired():
+                raise SerialTimeoutException("Write timeout")
+        return len(d)
+
+    def cancel_write(self) -> None:
+        """Nothing to cancel: a write returns once the host took the bytes."""
+
+    def flush(self) -> None:
+        """Wait until all written data is sent by the port (tcdrain)."""
+        self._call("drain", None)
+
+    def reset_output_buffer(self) -> None:
+        self._call("reset_output")
+
+    @property
+    def out_waiting(self) -> int:
+        """Bytes written but not yet sent by the port."""
+        return int(self._call("out_waiting"))
+
+    def send_break(self, duration: float = 0.25) -> None:
+        """Hold the line in break for ``duration`` seconds (timed on the host)."""
+        self._call("send_break", float(duration), None)
+
+    # -- modem lines ----------------------------------------------------------------------
+
+    def _modem(self, line: str) -> bool:
+        return bool(self._call("modem")[line])
+
+    @property
+    def cts(self) -> bool:
+        return self._modem("cts")
+
+    @property
+    def dsr(self) -> bool:
+        return self._modem("dsr")
+
+    @property
+    def ri(self) -> bool:
+        return self._modem("ri")
+
+    @property
+    def cd(self) -> bool:
+        return self._modem("cd")
+
+    # -- closing --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the host handle (and the connection, when the port opened its own)."""
+        client = self.client
+        if not self.is_open or client is None:
+            return
+        self.is_open = False
+        client.remove_handler(self._handler)
+        with self._rx_cv:
+            self._rx_cv.notify_all()
+        try:
+            if not client.closed:
+                client.call("close", [self._hid])
+        finally:
+            if self._owns_client:
+                client.close()
+
+    def status(self) -> dict[str, Any]:
+        """Host-side counters: bytes buffered, lost to a full buffer, pushed."""
+        result: dict[str, Any] = self._call("status")
+        return result
+
+
+class Serial(RemoteSerialBase):
+    """A remote serial port, as returned by ``host.open("uart0")``: a pyserial SerialBase.
+
+    It adopts the port's current settings (the manifest may set ``baudrate`` and the like);
+    set ``baudrate``, ``timeout`` ... as with pyserial. Not usable inside ``host.batch()``.
+    """
+
+    def __init__(self, client: Client, name: str, handle: Any,
+                 description: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        if not isinstance(handle, int):
+            raise RuntimeError("open serial ports outside host.batch()")
+        self.description = description or {}
+        self.port = f"{client.url.host_url}/{name}"
+        self._attach(client, name, handle, None, None)
+
+
+class URLSerial(RemoteSerialBase):
+    """The port behind ``serial.serial_for_url("hwbridge://HOST:PORT/DEVICE", ...)``.
+
+    Takes pyserial's constructor arguments; ``open()`` connects to the host (its own
+    connection, closed by ``close()``) and applies the settings as pyserial does.
+    """
+
+    def open(self) -> None:
+        from bridge.client import connect
+        from bridge.url import parse_url
+
+        if self._port is None:
+            raise SerialException("Port must be configured before it can be used.")
+        if self.is_open:
+            raise SerialException("Port is already open.")
+        u = parse_url(self._port)
+        if not u.device:
+            raise SerialException(f"{self._port!r} names no device: use hwbridge://HOST/DEVICE")
+        try:
+            client = connect(u.host_url)
+        except OSError as e:
+            raise SerialException(e.errno, f"could not open port {self._port}: {e}") from e
+        # as pyserial: a line under hardware flow control is left to the driver
+        lines = (None if self._dsrdtr else bool(self._dtr_state),
+                 None if self._rtscts else bool(self._rts_state))
+        try:
+            self._attach(client, u.device, lambda: client.call("open", [u.device]),
+                         self._wanted(), lines)
+        except OSError as e:
+            client.close()
+            raise SerialException(e.errno, f"could not open port {self._port}: {e}") from e
+        except BaseException:
+            client.close()
+            raise
+        self._owns_client = True
+        self._excl = bool(self._exclusive)
