@@ -21,3 +21,17 @@ __all__ = [
     "open_device",
     "parse_url",
 ]
+
+
+def _register_serial_urls() -> None:
+    """Let pyserial's serial_for_url() open hwbridge://HOST:PORT/DEVICE: it imports
+    `protocol_<scheme>` from each package in serial.protocol_handler_packages."""
+    try:
+        import serial
+    except ImportError:  # pyserial is a dependency, but the core works without it
+        return
+    if "bridge.drivers" not in serial.protocol_handler_packages:
+        serial.protocol_handler_packages.append("bridge.drivers")
+
+
+_register_serial_urls()
