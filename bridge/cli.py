@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--listen", "-l", metavar="HOST:PORT", help="override the manifest's listen")
     s.add_argument("--unix", metavar="PATH", help="also listen on a Unix-domain socket")
     s.add_argument("--sim", action="store_true", help="also serve the simulated lab")
+    s.add_argument("--record", metavar="TRACE.JSONL",
+                   help="record every device operation and its result to a JSON Lines file")
     s.set_defaults(func=_serve)
 
     ls = sub.add_parser("ls", help="list a host's devices", epilog=EPILOG)
@@ -96,6 +98,7 @@ def _serve(args: argparse.Namespace) -> int:
         manifest = lab_manifest()
     host = Host(manifest)
     host.prepare()
+    host.tap = _tap(manifest, args.record)
     server = Server(host)
     h, port = parse_listen(args.listen or manifest.listen)
     bound = server.listen_tcp(h, port)
@@ -118,6 +121,15 @@ def _serve(args: argparse.Namespace) -> int:
         server.shutdown()
     print("hwbridge: stopped", flush=True)
     return 0
+
+
+def _tap(manifest: Any, record: str | None) -> Any:
+    """What watches the host's operations: a recorder, the manifest's faults, both or none."""
+    from .record import Recorder
+    from .sim.faults import install
+    from .tap import chain
+
+    return chain(Recorder.to_file(record) if record else None, install(manifest))
 
 
 def _ls(args: argparse.Namespace) -> int:

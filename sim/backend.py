@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import errno
 import importlib
+import os
 from collections.abc import Callable
 from typing import Any
 
 from bridge.backend import Access, Backend, DeviceHandle
 from bridge.manifest import DeviceSpec, Manifest, parse
 
+from .clock import clock
+
 ModelFactory = Callable[[DeviceSpec], DeviceHandle]
 
 # The modules that contribute models and lab devices, in lab order.
-MODEL_MODULES = ("nodes", "serial", "i2c", "spi", "gpio", "usb", "library")
+MODEL_MODULES = ("nodes", "serial", "i2c", "spi", "gpio", "usb", "library", "faults",
+                 "replay", "declarative")
 
 MODELS: dict[str, ModelFactory] = {}
 LAB: dict[str, dict[str, Any]] = {}
@@ -34,6 +38,9 @@ def _gather() -> None:
 
 
 _gather()
+
+if os.environ.get("HWBRIDGE_SIM_CLOCK") == "manual":
+    clock.set_manual()  # tests step it through the simctl device (sim/faults.py)
 
 
 def register(name: str, factory: ModelFactory) -> None:
