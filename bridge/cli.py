@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--listen", "-l", metavar="HOST:PORT", help="override the manifest's listen")
     s.add_argument("--unix", metavar="PATH", help="also listen on a Unix-domain socket")
     s.add_argument("--sim", action="store_true", help="also serve the simulated lab")
+    s.add_argument("--rfc2217", action="append", default=[], metavar="DEVICE=HOST:PORT",
+                   help="also export a serial device as an RFC 2217 port (repeatable; "
+                   "loopback unless a host is given)")
     s.add_argument("--record", metavar="TRACE.JSONL",
                    help="record every device operation and its result to a JSON Lines file")
     s.set_defaults(func=_serve)
@@ -105,6 +108,7 @@ def _serve(args: argparse.Namespace) -> int:
     unix = args.unix or manifest.unix
     if unix:
         server.listen_unix(unix)
+    exports = [_rfc2217(host, text) for text in args.rfc2217]
 
     def stop(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
@@ -118,6 +122,8 @@ def _serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        for export in exports:
+            export.close()
         server.shutdown()
     print("hwbridge: stopped", flush=True)
     return 0
@@ -130,6 +136,15 @@ def _tap(manifest: Any, record: str | None) -> Any:
     from .tap import chain
 
     return chain(Recorder.to_file(record) if record else None, install(manifest))
+
+
+def _rfc2217(host: Any, text: str) -> Any:
+    from .rfc2217 import Rfc2217Export
+
+    export = Rfc2217Export.start(host, text)
+    h, port = export.address
+    print(f"hwbridge: RFC 2217 export of {export.spec.name} on rfc2217://{h}:{port}", flush=True)
+    return export
 
 
 def _ls(args: argparse.Namespace) -> int:
