@@ -1,0 +1,223 @@
+# The proxy for I2C adapters (kind "i2c"), shaped like python-periphery's I2C and mirroring
+# the kernel's I2C_RDWR: a transfer is a list of messages to one address, run as one
+# combined transaction with repeated starts. Client side, pure Python, importable on
+# Windows: each method is one remote operation (or one entry of host.batch()). Must not
+# know about sockets or ctypes.
+from __future__ import annotations
+
+import errno
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bridge.client import Client
+
+# include/uapi/linux/i2c.h: struct i2c_msg flags
+I2C_M_RD = 0x0001
+I2C_M_TEN = 0x0010
+I2C_M_RECV_LEN = 0x0400
+I2C_M_NO_RD_ACK = 0x0800
+I2C_M_IGNORE_NAK = 0x1000
+I2C_M_REV_DIR_ADDR = 0x2000
+I2C_M_NOSTART = 0x4000
+I2C_M_STOP = 0x8000
+
+MAX_MESSAGES = 42  # i2c-dev's I2C_RDWR_IOCTL_MAX_MSGS
+MAX_MESSAGE_LEN = 8192
+
+
+class I2CError(OSError):
+    """An I2C operation failed on the host; ``errno`` is the host's (ENXIO: no ACK).
+
+    The raised object is also an instance of the OSError subclass Python picks for that
+    errno (PermissionError, TimeoutError, ...), so either kind of ``except`` catches it.
+    """
+
+
+_ERRORS: dict[type[OSError], type[I2CError]] = {}
+
+
+def _wrap(e: OSError, what: str) -> I2CError:
+    base = type(e)
+    cls: type[I2CError] | None
+    if base is OSError or issubclass(base, I2CError):
+        cls = I2CError
+    else:
+        cls = _ERRORS.get(base)
+        if cls is None:
+            made: Any = type(f"I2C{base.__name__}", (I2CError, base), {})
+            cls = _ERRORS[base] = made
+    assert cls is not None
+    return cls(e.errno, f"{what}: {e.strerror or e}")
+
+
+def _as_bytes(data: object, what: str) -> bytes:
+    if isinstance(data, bytes | bytearray | memoryview):
+        return bytes(data)
+    if isinstance(data, list | tuple):
+        if not all(type(b) is int and 0 <= b <= 255 for b in data):
+            raise ValueError(f"{what}: every byte must be an integer 0..255")
+        return bytes(data)
+    raise TypeError(f"{what} must be bytes, bytearray or a list of ints, "
+                    f"not {type(data).__name__}")
+
+
+class I2C:
+    """An I2C adapter on a remote host (``host.open("i2c1")``)."""
+
+    class Message:
+        """One struct i2c_msg: ``Message(b"\\x00")`` writes, ``Message(2, read=True)`` reads.
+
+        Like periphery, ``data`` may also be a bytes-like or list for a read (its length is
+        the count); after the transfer, a read message's ``data`` holds what was read, in
+        the type it was given (bytes, bytearray or list). ``flags`` adds I2C_M_* bits.
+        """
+
+        def __init__(self, data: bytes | bytearray | list[int] | int, read: bool = False,
+                     flags: int = 0) -> None:
+            if type(flags) is not int or not 0 <= flags <= 0xFFFF:
+                raise ValueError(f"flags must be a 16-bit integer, not {flags!r}")
+            if type(data) is int:
+                if not read:
+                    raise ValueError("a length alone makes sense only for a read message")
+                length = data
+            elif isinstance(data, bytes | bytearray | list):
+                length = len(data)
+                if not read:
+                    _as_bytes(data, "message data")
+            else:
+                raise TypeError(f"message data must be bytes, bytearray, a list of ints or "
+                                f"a length, not {type(data).__name__}")
+            if not 0 <= length <= MAX_MESSAGE_LEN:
+                raise ValueError(f"a message carries 0..{MAX_MESSAGE_LEN} bytes, not {length}")
+            self.data: Any = data
+            self.read = bool(read)
+            self.flags = flags
+            self.length = length
+
+        def wire(self) -> list[Any]:
+            if self.read:
+                return [self.flags | I2C_M_RD, self.length]
+            return [self.flags & ~I2C_M_RD, _as_bytes(self.data, "message data")]
+
+        def fill(self, got: bytes) -> None:
+            """Store read data in the type the message was made with."""
+            if isinstance(self.data, bytearray):
+                self.data = bytearray(got)
+            elif isinstance(self.data, list):
+                self.data = list(got)
+            else:
+                self.data = got
+
+        def __repr__(self) -> str:
+            kind = "read" if self.read else "write"
+            return f"<I2C.Message {kind} {self.length} bytes flags=0x{self.flags:04x}>"
+
+    def __init__(self, client: Client, name: str, handle: Any,
+                 description: dict[str, Any] | None = None) -> None:
+        self.client = client
+        self.name = name
+        self._handle = handle
+        self.description = description or {}
+        self.closed = False
+
+    @property
+    def handle(self) -> Any:
+        """The host's handle number (a Deferred while the batch that opened it is pending)."""
+        h = self._handle
+        if hasattr(h, "done") and h.done:
+            self._handle = h = h.result()
+        return h
+
+    def _call(self, op: str, args: list[Any], what: str, transform: Any = None) -> Any:
+        if self.closed:
+            raise I2CError(errno.EBADF, f"{what}: the I2C device {self.name} is closed")
+        try:
+            return self.client.call(op, [self.handle, *args], transform)
+        except I2CError:
+            raise
+        except OSError as e:
+            raise _wrap(e, what) from e
+
+    def transfer(self, address: int, messages: Sequence[Message]) -> Any:
+        """Run ``messages`` to ``address`` as one I2C_RDWR; returns each read's data.
+
+        Read messages also get their data filled in (periphery style). Errors: I2CError
+        with the host's errno (ENXIO when nobody acknowledges ``address``).
+        """
+        if not isinstance(messages, list | tuple) or not messages:
+            raise ValueError("messages must be a non-empty list of I2C.Message")
+        if len(messages) > MAX_MESSAGES:
+            raise ValueError(f"one transfer takes at most {MAX_MESSAGES} messages")
+        if not all(isinstance(m, I2C.Message) for m in messages):
+            raise TypeError("every message must be an I2C.Message")
+        msgs = list(messages)
+        _check_address(address, any(m.flags & I2C_M_TEN for m in msgs))
+        wired = [m.wire() for m in msgs]
+
+        def fill(results: list[bytes]) -> list[bytes]:
+            for m, got in zip((m for m in msgs if m.read), results, strict=True):
+                m.fill(got)
+            return results
+
+        return self._call("transfer", [address, wired], f"I2C transfer to 0x{address:02x}",
+                          fill)
+
+    def read_register(self, address: int, register: int | bytes, n: int) -> Any:
+        """Write the register number, repeated start, read ``n`` bytes: one round trip.
+
+        ``register`` is an int 0..255 (one byte) or bytes for wider register addresses.
+        """
+        _check_address(address, False)
+        reg = _register(register)
+        if type(n) is not int or not 0 <= n <= MAX_MESSAGE_LEN:
+            raise ValueError(f"n must be an integer 0..{MAX_MESSAGE_LEN}, not {n!r}")
+        return self._call("read_register", [address, reg, n],
+                          f"I2C read of register {reg.hex()} at 0x{address:02x}")
+
+    def write_register(self, address: int, register: int | bytes,
+                       data: bytes | bytearray | list[int]) -> Any:
+        """Write the register number then ``data`` in one message: one round trip."""
+        _check_address(address, False)
+        reg = _register(register)
+        payload = _as_bytes(data, "data")
+        if len(reg) + len(payload) > MAX_MESSAGE_LEN:
+            raise ValueError(f"a message carries at most {MAX_MESSAGE_LEN} bytes")
+        return self._call("write_register", [address, reg, payload],
+                          f"I2C write of register {reg.hex()} at 0x{address:02x}")
+
+    def funcs(self) -> Any:
+        """The adapter's I2C_FUNCS bits (I2C_FUNC_I2C = 1, ...)."""
+        return self._call("funcs", [], "I2C_FUNCS")
+
+    def close(self) -> None:
+        """Release the handle on the host (idempotent)."""
+        if not self.closed:
+            self.closed = True
+            self.client.call("close", [self.handle])
+
+    def __enter__(self) -> I2C:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.client.closed:
+            self.close()
+
+    def __repr__(self) -> str:
+        return f"<I2C {self.name} on {self.client.url}>"
+
+
+def _check_address(address: object, ten_bit: bool) -> None:
+    top = 0x3FF if ten_bit else 0x7F
+    if type(address) is not int or not 0 <= address <= top:
+        raise ValueError(f"address must be an integer 0..0x{top:x}, not {address!r}")
+
+
+def _register(register: object) -> bytes:
+    if type(register) is int:
+        if not 0 <= register <= 255:
+            raise ValueError(f"register must be 0..255 (or bytes), not {register}")
+        return bytes([register])
+    if isinstance(register, bytes | bytearray) and 1 <= len(register) <= 4:
+        return bytes(register)
+    raise TypeError(f"register must be an int 0..255 or 1..4 bytes, not {register!r}")
