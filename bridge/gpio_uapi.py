@@ -133,7 +133,7 @@ class LineEvent(ctypes.Structure):
 def validate_flags(flags: int) -> None:
     """gpio_v2_line_flags_validate() of gpiolib-cdev.c: EINVAL for what the kernel refuses."""
     f = LineFlag(flags & ((1 << 13) - 1)) if flags >= 0 else LineFlag(0)
-    if flags < 0 or flags & ~VALID_FLAGS:
+    if flags < 0 or flags & ~int(VALID_FLAGS):
         _einval(f"unknown line flags 0x{flags:x}")
     if f & CLOCK_FLAGS == CLOCK_FLAGS:
         _einval("two event clocks requested")
