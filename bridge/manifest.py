@@ -36,6 +36,7 @@ class DeviceSpec:
     file_type: str = "char"
     description: str = ""
     options: Mapping[str, Any] = field(default_factory=dict)
+    base: str = "."  # the manifest file's folder: relative file options (model, trace) start here
 
     def find_ioctl(self, request: str | int) -> IoctlSpec:
         """The allowlisted ioctl named or numbered ``request``; PermissionError otherwise."""
@@ -87,10 +88,10 @@ def load(path: str | Path) -> Manifest:
             data = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise ManifestError(f"{p}: not valid TOML: {e}") from None
-    return parse(data, source=str(p))
+    return parse(data, source=str(p), base=str(p.resolve().parent))
 
 
-def parse(data: Mapping[str, Any], source: str = "<manifest>") -> Manifest:
+def parse(data: Mapping[str, Any], source: str = "<manifest>", base: str = ".") -> Manifest:
     """Validate an already-decoded manifest table."""
     unknown = set(data) - {"server", "devices"}
     if unknown:
@@ -106,7 +107,7 @@ def parse(data: Mapping[str, Any], source: str = "<manifest>") -> Manifest:
         raise ManifestError(f"{source}: [server] max_frame must be an integer 4096..2^30")
     devices = data.get("devices", {})
     _table(devices, f"{source}: [devices]")
-    specs = {name: _device(name, entry, source) for name, entry in devices.items()}
+    specs = {name: _device(name, entry, source, base) for name, entry in devices.items()}
     return Manifest(specs, listen, unix, max_frame, source)
 
 
@@ -115,7 +116,7 @@ def _table(v: object, where: str) -> None:
         raise ManifestError(f"{where} must be a table")
 
 
-def _device(name: str, e: Any, source: str) -> DeviceSpec:
+def _device(name: str, e: Any, source: str, base: str = ".") -> DeviceSpec:
     where = f"{source}: [devices.{name}]"
     _table(e, where)
     if not name or not all(c.isalnum() or c in "-_." for c in name):
@@ -149,4 +150,4 @@ def _device(name: str, e: Any, source: str) -> DeviceSpec:
     options = {k: v for k, v in e.items() if k not in _COMMON_KEYS}
     return DeviceSpec(name=name, kind=kind, backend=backend, path=path, sim=sim, access=access,
                       ioctls=ioctls, file_type=file_type,
-                      description=str(e.get("description", "")), options=options)
+                      description=str(e.get("description", "")), options=options, base=base)

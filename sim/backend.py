@@ -57,6 +57,9 @@ class SimBackend(Backend):
         if spec.sim not in MODELS:
             raise ValueError(f"device {spec.name}: no simulated model {spec.sim!r} "
                              f"(known: {', '.join(sorted(MODELS))})")
+        check = getattr(MODELS[spec.sim], "prepare", None)
+        if check is not None:
+            check(spec)  # a model that reads files checks them before the first client
 
     def open(self, spec: DeviceSpec, access: Access) -> DeviceHandle:
         factory = MODELS.get(spec.sim or "")

@@ -8,7 +8,7 @@
 #   [devices.tty0]
 #   kind = "node"
 #   sim = "replay"
-#   trace = "/abs/or/cwd-relative/trace.jsonl"
+#   trace = "trace.jsonl"    # relative to the manifest's folder
 #   device = "tty0"          # which recorded device to replay (default: this device's name)
 from __future__ import annotations
 
@@ -186,7 +186,7 @@ def open_replay(spec: DeviceSpec) -> DeviceHandle:
     trace = spec.options.get("trace")
     if not isinstance(trace, str):
         raise ValueError(f"device {spec.name}: sim = \"replay\" needs trace = \"FILE\"")
-    dev = _load(trace, str(spec.options.get("device", spec.name)))
+    dev = _load(str(Path(spec.base) / trace), str(spec.options.get("device", spec.name)))
     with dev.lock:
         if dev.diverged is not None:
             raise ReplayDivergence(dev.diverged)
