@@ -154,6 +154,7 @@ class GPIO:
         self._orphans: list[WireEvent] = []  # events that beat their request's reply
         self._callbacks: list[Callable[[EdgeEvent], None]] = []
         self._listening = False
+        self._handler = self._on_wire_event  # one bound method, so it can be removed
 
     # -- chip ---------------------------------------------------------------------------
 
@@ -263,7 +264,7 @@ class GPIO:
     def _listen(self) -> None:
         if not self._listening:
             self._listening = True
-            self.client.on_event(self._on_wire_event, EVENT_TOPIC)
+            self.client.on_event(self._handler, EVENT_TOPIC)
 
     def _on_wire_event(self, ev: WireEvent) -> None:
         with self._cv:
@@ -326,7 +327,7 @@ class GPIO:
         if self.closed:
             return
         self.closed = True
-        self.client.remove_handler(self._on_wire_event)
+        self.client.remove_handler(self._handler)
         handles = [self._resolved(r) for r in self._requests.values() if r is not None]
         self._requests.clear()
         with self.client.batch():
