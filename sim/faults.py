@@ -32,7 +32,8 @@ class Rule:
     """One fault: what it does to which operations of a device.
 
     ``op`` is an operation name ("read", "transfer", "open", ...) or "*" for all. Matching
-    operations are counted per device from 1; the rule applies to the ``nth`` one and the
+    operations are counted per device from 1, starting when the rule is added (so at run time
+    ``nth = 1`` is the next one); the rule applies to the ``nth`` one and the
     ``count - 1`` after it (``count`` None: every one from ``nth`` on; the default is 1 when
     ``nth`` is given, else every operation).
     """
@@ -94,7 +95,7 @@ def _fail(code: int) -> OSError:
 
 @dataclass
 class _State:
-    rules: list[Rule] = field(default_factory=list)
+    rules: list[tuple[Rule, int]] = field(default_factory=list)  # with the count at adding
     counts: dict[str, int] = field(default_factory=dict)
     unplugged: bool = False
     replug_at: float | None = None
@@ -120,7 +121,8 @@ class Faults(Tap):
         """Add a fault to ``device`` (a Rule or its table form)."""
         r = rule if isinstance(rule, Rule) else Rule.parse(rule)
         with self._lock:
-            self._state(device).rules.append(r)
+            st = self._state(device)
+            st.rules.append((r, st.counts.get(r.op, 0)))
 
     def clear(self, device: str | None = None) -> None:
         """Remove the rules and counts of ``device`` (all devices: None) and plug it back."""
@@ -176,8 +178,7 @@ class Faults(Tap):
 
     def _run(self, st: _State, op: str, run: Callable[[], Any]) -> Any:
         with self._lock:
-            active = [r for r in st.rules if r.op in (op, "*")
-                      and r.applies(st.counts.get(op if r.op == op else "*", 0) + 1)]
+            active = self._active(st, op)
             delay = sum(r.latency for r in active)
             fault: OSError | None = None
             if not st.plugged():
@@ -217,9 +218,14 @@ class Faults(Tap):
         if not op.startswith("read") or not args or type(args[0]) is not int:
             return args
         with self._lock:
-            caps = [r.short for r in st.rules if r.short is not None and r.op in (op, "*")
-                    and r.applies(st.counts.get(op if r.op == op else "*", 0) + 1)]
+            caps = [r.short for r in self._active(st, op) if r.short is not None]
         return [min([args[0], *caps]), *args[1:]] if caps else args
+
+    @staticmethod
+    def _active(st: _State, op: str) -> list[Rule]:
+        """The rules that apply to the operation ``op`` about to run."""
+        return [r for r, base in st.rules if r.op in (op, "*")
+                and r.applies(st.counts.get(r.op, 0) + 1 - base)]
 
     @staticmethod
     def _count(st: _State, op: str) -> None:
