@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno as _errno
 import importlib
+import itertools
 import queue
 import socket
 import threading
@@ -19,7 +20,6 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .protocol import (
-    FEATURES,
     NEED_DATA,
     Batch,
     BatchReply,
@@ -36,7 +36,7 @@ from .protocol import (
 )
 from .url import URL, parse_url
 
-RECV_SIZE = 256 * 1024
+RECV_SIZE = 64 * 1024
 
 EventHandler = Callable[[Event], None]
 
@@ -148,9 +148,10 @@ class Client:
         self._conn = Connection(Role.CLIENT, max_frame)
         self._send_lock = threading.Lock()
         self._recv_lock = threading.Lock()
-        self._cv = threading.Condition()
+        self._cv = threading.Condition(threading.Lock())
+        self._sleepers = 0  # followers waiting on _cv; notify only when there are some
         self._pending: dict[int, Pending] = {}
-        self._next_id = 1
+        self._ids = itertools.count(1)  # next() is atomic: no lock to number a request
         self._broken: BaseException | None = None
         self._buf = bytearray(RECV_SIZE)
         self._view = memoryview(self._buf)
@@ -205,8 +206,15 @@ class Client:
         batch: BatchContext | None = getattr(self._local, "batch", None)
         if batch is not None:
             return batch.add(op, args, transform)
-        wired = [self._wire(a) for a in args]
-        p = self._start(lambda rid: Call(rid, op, wired), transform)
+        for a in args:
+            if type(a) is Deferred:
+                args = [self._wire(a) for a in args]
+                break
+        if self.closed:
+            raise ConnectionAbortedError(_errno.ECONNABORTED, "connection closed")
+        rid = next(self._ids) & 0x7FFFFFFF
+        p = self._pending[rid] = Pending(rid, transform)
+        self._send(Call(rid, op, args))
         return self._wait(p)
 
     def submit(self, op: str, args: Sequence[Any],
@@ -252,8 +260,7 @@ class Client:
 
     def _hello(self) -> None:
         p = Pending(0)
-        with self._cv:
-            self._pending[0] = p
+        self._pending[0] = p
         self._send(Hello())
         info = self._wait(p)
         self.server_info = info
@@ -278,12 +285,10 @@ class Client:
 
     def _start(self, make: Callable[[int], Message],
                transform: Callable[[Any], Any] | None = None) -> Pending:
-        with self._cv:
-            if self.closed:
-                raise ConnectionAbortedError(_errno.ECONNABORTED, "connection closed")
-            rid = self._next_id
-            self._next_id = rid + 1 if rid < 0x7FFFFFFF else 1
-            p = self._pending[rid] = Pending(rid, transform)
+        if self.closed:
+            raise ConnectionAbortedError(_errno.ECONNABORTED, "connection closed")
+        rid = next(self._ids) & 0x7FFFFFFF
+        p = self._pending[rid] = Pending(rid, transform)
         self._send(make(rid))
         return p
 
@@ -294,13 +299,18 @@ class Client:
                     while not p.done:
                         self._pump()
                 finally:
-                    with self._cv:
-                        self._recv_lock.release()
-                        self._cv.notify_all()
+                    self._recv_lock.release()
+                    self._wake()
             else:
+                # A follower counts itself before checking, so a leader that finishes
+                # meanwhile either sees the count and notifies, or the check sees its work.
                 with self._cv:
-                    while not p.done and self._recv_lock.locked():
-                        self._cv.wait()
+                    self._sleepers += 1
+                    try:
+                        while not p.done and self._recv_lock.locked():
+                            self._cv.wait()
+                    finally:
+                        self._sleepers -= 1
         if p.error is not None:
             raise p.error
         return p.value if p.transform is None else p.transform(p.value)
@@ -315,7 +325,7 @@ class Client:
             self._fail_all(e)
             raise
         try:
-            self._conn.receive_data(self._view[:n])
+            self._conn.receive_data(self._buf[:n] if n else b"")
             while True:
                 ev = self._conn.next_event()
                 if ev is NEED_DATA:
@@ -329,9 +339,17 @@ class Client:
             raise
 
     def _deliver(self, ev: Message) -> None:
+        if type(ev) is Reply:
+            p = self._pending.pop(ev.id, None)
+            if p is not None:
+                p.value, p.done = ev.result, True
+                self._wake()
+            return
         if isinstance(ev, Event):
             self._events.put(ev)
             return
+        value: Any
+        error: OSError | None
         if isinstance(ev, Hello):
             rid, value, error = 0, {**ev.info, "features": ev.features}, None
         elif isinstance(ev, Reply):
@@ -347,23 +365,27 @@ class Client:
             error = remote_error(ev.errno, f"{ev.message} [{self.url}]")
         else:
             raise ProtocolError(f"unexpected {type(ev).__name__} from the host")
-        with self._cv:
-            p = self._pending.pop(rid, None)
-            if p is None:
-                return  # a reply nobody waits for any more
-            p.value, p.error, p.done = value, error, True
-            self._cv.notify_all()
+        p = self._pending.pop(rid, None)
+        if p is None:
+            return  # a reply nobody waits for any more
+        p.value, p.error, p.done = value, error, True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._sleepers:
+            with self._cv:
+                self._cv.notify_all()
 
     def _fail_all(self, e: BaseException) -> None:
         with self._cv:
             if self._broken is None:
                 self._broken = e
-            for p in self._pending.values():
-                if not p.done:
-                    p.error = e if isinstance(e, ProtocolError | ConnectionError) else \
-                        ConnectionResetError(_errno.ECONNRESET, f"{self.url}: {e}")
-                    p.done = True
-            self._pending.clear()
+            err = e if isinstance(e, ProtocolError | ConnectionError) else \
+                ConnectionResetError(_errno.ECONNRESET, f"{self.url}: {e}")
+            for rid in list(self._pending):
+                p = self._pending.pop(rid, None)
+                if p is not None and not p.done:
+                    p.error, p.done = err, True
             self._cv.notify_all()
 
     def _event_reader(self) -> None:
@@ -374,8 +396,7 @@ class Client:
                     self._pump()
                 except Exception:
                     break
-            with self._cv:
-                self._cv.notify_all()
+            self._wake()
         self._events.put(None)
 
     def _event_dispatcher(self) -> None:

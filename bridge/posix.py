@@ -78,8 +78,8 @@ class PosixNode(NodeHandle):
     def do_ioctl(self, request: int, arg: int | bytearray) -> int:
         with self._lock:
             if isinstance(arg, bytearray):
-                return fcntl.ioctl(self._fd(), request, arg, True)
-            return fcntl.ioctl(self._fd(), request, arg)
+                return int(fcntl.ioctl(self._fd(), request, arg, True))
+            return int(fcntl.ioctl(self._fd(), request, arg))
 
     def close(self) -> None:
         with self._lock:

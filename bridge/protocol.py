@@ -8,7 +8,8 @@
 #     u32 body_len | u32 data_len | body (msgpack array) | data (raw bytes)
 #
 # The data section carries bulk payloads (a read's bytes, a write's bytes) without msgpack
-# copying them: the encoder moves a large bytes result, or a large bytes last argument, there; both lengths are checked against the frame limit before anything is
+# copying them: the encoder moves a large bytes result, or a large bytes last argument,
+# there; both lengths are checked against the frame limit before anything is
 # allocated. Bodies are msgpack arrays whose first element is the message type:
 #
 #     HELLO        [0, version, features, info]
@@ -71,54 +72,54 @@ class Ref:
 Value: TypeAlias = Any  # a msgpack value: None, bool, int, float, str, bytes, list, dict, Ref
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Hello:
     version: int = PROTOCOL_VERSION
     features: tuple[str, ...] = FEATURES
     info: dict[str, Value] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Call:
     id: int
     op: str
     args: Sequence[Value]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reply:
     id: int
     result: Value
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Error:
     id: int
     errno: int
     message: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Batch:
     id: int
     ops: Sequence[tuple[str, Sequence[Value]]]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BatchError:
     index: int
     errno: int
     message: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BatchReply:
     id: int
     results: Sequence[Value]
     error: BatchError | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Event:
     topic: str
     handle: int
@@ -169,37 +170,45 @@ def encode(msg: Message, packer: msgpack.Packer | None = None) -> list[bytes | m
     """Return the buffers of one frame for ``msg`` (header+body, then data if any)."""
     data: bytes | bytearray | memoryview | None = None
     body: list[Value]
-    match msg:
-        case Call(id, op, args):
-            if args and isinstance(args[-1], _BULK) and len(args[-1]) >= BULK_MIN:
-                body, data = [1, id, op, list(args[:-1])], args[-1]
-            else:
-                body = [1, id, op, list(args)]
-        case Reply(id, result):
-            if isinstance(result, _BULK) and len(result) >= BULK_MIN:
-                body, data = [2, id, None], result
-            else:
-                body = [2, id, result]
-        case Error(id, errno, message):
-            body = [3, id, errno, message]
-        case Batch(id, ops):
-            body = [4, id, [[op, list(args)] for op, args in ops]]
-        case BatchReply(id, results, err):
-            e = None if err is None else [err.index, err.errno, err.message]
-            body = [5, id, list(results), e]
-        case Event(topic, handle, payload):
-            body = [6, topic, handle, payload]
-        case Hello(version, features, info):
-            body = [0, version, list(features), {"magic": MAGIC, **info}]
-        case _:
-            raise TypeError(f"not a protocol message: {msg!r}")
-    p = packer if packer is not None else msgpack.Packer(**_packer_opts)
-    raw = p.pack(body)
-    n = 0 if data is None else len(data)
-    head = HEADER.pack(len(raw), n) + raw
-    if data is None or n == 0:
-        return [head]
-    return [head, data if isinstance(data, bytes | memoryview) else memoryview(data)]
+    t = type(msg)
+    # Plain type dispatch, most frequent first: this is the hot path of every call.
+    if t is Call:
+        args = msg.args  # type: ignore[union-attr]
+        last = args[-1] if args else None
+        if type(last) in _BULK and len(last) >= BULK_MIN:  # type: ignore[arg-type]
+            body, data = [1, msg.id, msg.op, list(args[:-1])], last  # type: ignore[union-attr]
+        else:
+            body = [1, msg.id, msg.op, args]  # type: ignore[union-attr]
+    elif t is Reply:
+        result = msg.result  # type: ignore[union-attr]
+        if type(result) in _BULK and len(result) >= BULK_MIN:
+            body, data = [2, msg.id, None], result  # type: ignore[union-attr]
+        else:
+            body = [2, msg.id, result]  # type: ignore[union-attr]
+    elif isinstance(msg, Error):
+        body = [3, msg.id, msg.errno, msg.message]
+    elif isinstance(msg, Batch):
+        body = [4, msg.id, [[op, list(args)] for op, args in msg.ops]]
+    elif isinstance(msg, BatchReply):
+        err = msg.error
+        e = None if err is None else [err.index, err.errno, err.message]
+        body = [5, msg.id, list(msg.results), e]
+    elif isinstance(msg, Event):
+        body = [6, msg.topic, msg.handle, msg.payload]
+    elif isinstance(msg, Hello):
+        body = [0, msg.version, list(msg.features), {"magic": MAGIC, **msg.info}]
+    else:
+        raise TypeError(f"not a protocol message: {msg!r}")
+    raw = (packer if packer is not None else msgpack.Packer(**_packer_opts)).pack(body)
+    if data is None:
+        return [_pack_header(len(raw), 0) + raw]
+    return [_pack_header(len(raw), len(data)) + raw,
+            data if type(data) is not bytearray else memoryview(data)]
+
+
+_pack_header: Final = HEADER.pack
+_unpack_header: Final = HEADER.unpack_from
+_unpackb: Final = msgpack.unpackb
 
 
 def _int(v: object, what: str) -> int:
@@ -227,6 +236,8 @@ def decode_body(body: Value, data: bytes | bytearray | None) -> Message:
         raise ProtocolError("empty frame body")
     kind = b[0]
     n = len(b)
+    if kind == 2 and n == 3 and data is None and type(b[1]) is int:
+        return Reply(b[1], b[2])
     if kind == 1 and n == 4:
         args = _list(b[3], "args")
         if data is not None:
@@ -283,7 +294,7 @@ class Connection:
         self.max_frame = max_frame
         self.state = State.HELLO
         self.peer_hello: Hello | None = None
-        self._buf = bytearray()
+        self._buf: bytes | bytearray = b""
         self._pos = 0
         self._eof = False
         self._packer = msgpack.Packer(**_packer_opts)
@@ -292,57 +303,75 @@ class Connection:
     # -- receiving ------------------------------------------------------------------------
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
-        """Append bytes received from the peer; an empty chunk means end of stream."""
+        """Append bytes received from the peer; an empty chunk means end of stream.
+
+        A ``bytes`` chunk that arrives when nothing is pending is kept as it is (no copy):
+        the common case of one recv carrying whole frames costs no buffer management.
+        """
         if not data:
             self._eof = True
             return
         if self._eof:
             raise ProtocolError("data received after end of stream")
-        if self._pos and self._pos == len(self._buf):
-            self._buf.clear()
+        if self._pos >= len(self._buf):
+            # Nothing pending: keep the chunk itself (bytes, or a bytearray the caller hands
+            # over and does not reuse, as the transports here do).
             self._pos = 0
-        self._buf += data
+            self._buf = data if type(data) is not memoryview else bytearray(data)
+        elif type(self._buf) is bytearray:
+            self._buf += data
+        else:
+            self._buf = bytearray(memoryview(self._buf)[self._pos:])
+            self._buf += data
+            self._pos = 0
 
     def next_event(self) -> Message | _NeedData | None:
         """The next complete message, NEED_DATA, or None once the peer has closed."""
-        if self.state is State.ERROR:
-            raise ProtocolError("connection is in the error state")
+        if self.state is not State.READY:
+            if self.state is State.ERROR:
+                raise ProtocolError("connection is in the error state")
         buf, pos = self._buf, self._pos
         avail = len(buf) - pos
-        if avail < HEADER.size:
+        if avail < 8:
             return self._end_or_wait(avail)
-        body_len, data_len = HEADER.unpack_from(buf, pos)
+        body_len, data_len = _unpack_header(buf, pos)
         total = body_len + data_len
         if body_len == 0 or total > self.max_frame:
             self._fail(f"frame of {total} bytes exceeds the limit of {self.max_frame} bytes"
                        if body_len else "frame with an empty body")
-        if avail < HEADER.size + total:
+        if avail < 8 + total:
             return self._end_or_wait(avail)
-        start = pos + HEADER.size
+        start = pos + 8
         mid = start + body_len
         end = mid + data_len
         try:
-            with memoryview(buf) as mv:
-                body = msgpack.unpackb(
-                    mv[start:mid], ext_hook=_ext_hook, raw=False, strict_map_key=False,
-                    use_list=True,
-                )
-                data = bytes(mv[mid:end]) if data_len else None
+            if end - pos < 65536 or type(buf) is bytes:
+                body = _unpackb(buf[start:mid], ext_hook=_ext_hook, strict_map_key=False)
+                data = buf[mid:end] if data_len else None
+                if data is not None and type(data) is not bytes:
+                    data = bytes(data)
+            else:
+                with memoryview(buf) as mv:
+                    body = _unpackb(mv[start:mid], ext_hook=_ext_hook, strict_map_key=False)
+                    data = bytes(mv[mid:end]) if data_len else None
         except ProtocolError as e:
             self._fail(str(e))
         except Exception as e:  # msgpack raises several types for garbage
             self._fail(f"malformed frame body: {e.__class__.__name__}: {e}")
-        self._pos = end
         if end == len(buf):
-            buf.clear()
+            self._buf = b""
             self._pos = 0
-        elif end > 65536 and end * 2 > len(buf):
-            del buf[:end]
-            self._pos = 0
+        else:
+            self._pos = end
+            if end > 65536 and type(buf) is bytearray:
+                del buf[:end]
+                self._pos = 0
         try:
             msg = decode_body(body, data)
         except ProtocolError as e:
             self._fail(str(e))
+        if self.state is State.READY and type(msg) in self._receivable:
+            return msg
         return self._transition(msg)
 
     def _end_or_wait(self, avail: int) -> _NeedData | None:
@@ -367,6 +396,7 @@ class Connection:
             if msg.version != PROTOCOL_VERSION:
                 self._fail(f"peer speaks protocol version {msg.version}, "
                            f"this side speaks {PROTOCOL_VERSION}")
+        assert nxt is not None
         self.state = nxt
         return msg
 
@@ -379,7 +409,7 @@ class Connection:
     def send(self, msg: Message) -> list[bytes | memoryview]:
         """Bytes (one or two buffers, for a gather write) that carry ``msg`` to the peer."""
         bufs = encode(msg, self._packer)
-        size = sum(len(b) for b in bufs) - HEADER.size
+        size = len(bufs[0]) - 8 + (len(bufs[1]) if len(bufs) > 1 else 0)
         if size > self.max_frame:
             raise ValueError(f"message of {size} bytes exceeds the frame limit {self.max_frame}")
         return bufs

@@ -29,7 +29,7 @@ from .session import Host, Session
 
 log = logging.getLogger("hwbridge.server")
 
-RECV_SIZE = 256 * 1024
+RECV_SIZE = 64 * 1024
 HELLO_TIMEOUT = 10.0
 
 
@@ -162,13 +162,15 @@ class Server:
 
     def _run(self, sock: socket.socket, conn: Connection, session: Session,
              send: Callable[[Message], None]) -> None:
-        buf = bytearray(RECV_SIZE)
-        view = memoryview(buf)
         sock.settimeout(HELLO_TIMEOUT)
         greeted = False
+        recv = sock.recv
         while True:
-            n = sock.recv_into(buf)
-            conn.receive_data(view[:n])
+            # recv() (not recv_into a per-connection buffer): an idle connection holds no
+            # buffer, and the bytes object goes to the protocol core without another copy.
+            chunk = recv(RECV_SIZE)
+            n = len(chunk)
+            conn.receive_data(chunk)
             while True:
                 ev = conn.next_event()
                 if ev is NEED_DATA:

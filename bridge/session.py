@@ -6,17 +6,17 @@
 from __future__ import annotations
 
 import errno
+import importlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from .backend import Access, Backend, DeviceHandle, NodeHandle, Opened, OpInfo
 from .manifest import DeviceSpec, Manifest
 from .protocol import Batch, BatchError, BatchReply, Call, Error, Event, Message, Ref, Reply
 from .tap import Tap
-from .timeout import Deadline, WouldBlock
+from .timeout import PROBE, Deadline, WouldBlock
 
 log = logging.getLogger("hwbridge.session")
 
@@ -53,22 +53,34 @@ class Host:
             b.close()
 
 
+# Backends by name: (module, class). Imported on first use, so a host without a kind's
+# dependencies still serves the rest, and the session never names a backend statically.
+BACKENDS = {"posix": ("bridge.posix", "PosixBackend"), "sim": ("bridge.sim", "SimBackend")}
+
+
 def _load_backend(name: str) -> Backend:
-    if name == "posix":
-        from .posix import PosixBackend
-
-        return PosixBackend()
-    if name == "sim":
-        from .sim import SimBackend
-
-        return SimBackend()
-    raise OSError(errno.ENODEV, f"no backend called {name!r}")
+    if name not in BACKENDS:
+        raise OSError(errno.ENODEV, f"no backend called {name!r}")
+    module, cls = BACKENDS[name]
+    backend: Backend = getattr(importlib.import_module(module), cls)()
+    return backend
 
 
-@dataclass
 class _Entry:
-    handle: DeviceHandle
-    access: Access
+    """A handle in a connection's table, with its allowed operations bound once."""
+
+    __slots__ = ("handle", "access", "ops")
+
+    def __init__(self, handle: DeviceHandle, access: Access) -> None:
+        self.handle = handle
+        self.access = access
+        # op name -> (table entry, bound method), only for ops the granted access allows:
+        # the hot path is then one dict lookup, no Flag arithmetic, no getattr.
+        self.ops: dict[str, tuple[OpInfo, Callable[..., Any]]] = {
+            name: (info, getattr(handle, info.method))
+            for name, info in type(handle).OPS.items()
+            if not (info.access & ~access)
+        }
 
 
 class Session:
@@ -116,7 +128,7 @@ class Session:
                 return
             timeout = _timeout(args)
             try:
-                result = _invoke(handle, info, args[:-1], Deadline.probing())
+                result = _invoke(handle, info, args[:-1], PROBE)
             except WouldBlock:
                 if timeout == 0:
                     result = _invoke(handle, info, args[:-1], Deadline(0))
@@ -164,7 +176,7 @@ class Session:
                     continue
                 timeout = _timeout(hargs)
                 try:
-                    results.append(_invoke(handle, info, hargs[:-1], Deadline.probing()))
+                    results.append(_invoke(handle, info, hargs[:-1], PROBE))
                 except WouldBlock:
                     if timeout == 0:
                         results.append(_invoke(handle, info, hargs[:-1], Deadline(0)))
@@ -201,9 +213,13 @@ class Session:
         """None for a session-level op; else the handle, the op's table entry and its args."""
         if op in _CORE_OPS:
             return None
+        entry = self.handles.get(args[0]) if args else None
+        if entry is not None:
+            bound = entry.ops.get(op)
+            if bound is not None:
+                return entry.handle, bound[0], args[1:]
         if not args or type(args[0]) is not int:
             raise ValueError(f"operation {op!r} needs a handle as its first argument")
-        entry = self.handles.get(args[0])
         if entry is None:
             raise OSError(errno.EBADF, f"no open handle {args[0]} on this connection")
         info = type(entry.handle).OPS.get(op)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import errno
 import math
 import time
-from typing import NoReturn
+from typing import Final, NoReturn
 
 
 class WouldBlock(Exception):
@@ -35,7 +35,7 @@ class Deadline:
     @classmethod
     def probing(cls) -> Deadline:
         """A deadline that is already over and raises WouldBlock instead of TimeoutError."""
-        return cls(0, probe=True)
+        return PROBE
 
     def remaining(self) -> float | None:
         """Seconds left (never negative), or None for no limit."""
@@ -51,3 +51,7 @@ class Deadline:
         if self.probe:
             raise WouldBlock(what)
         raise TimeoutError(errno.ETIMEDOUT, f"{what}: timed out after {self.timeout} s")
+
+
+#: The shared probing deadline (immutable in practice: nothing ever changes a Deadline).
+PROBE: Final = Deadline(0, probe=True)

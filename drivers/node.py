@@ -56,7 +56,7 @@ class Node:
         return the same type (bytes, or a new Structure of the argument's type); others return
         the int return value.
         """
-        kind: type[ctypes.Structure] | None = None
+        kind: type[ctypes.Structure | ctypes.Union | ctypes.Array[Any]] | None = None
         wire: Any = arg
         if isinstance(arg, ctypes.Structure | ctypes.Union | ctypes.Array):
             kind = type(arg)

@@ -1,0 +1,244 @@
+# Core benchmarks of issue 2, each beside its floor in the same run:
+#   small op round trip (read 16 B of a posix /dev/zero node; an ioctl)  vs raw TCP echo 16 B
+#   bulk read 1 MiB x 256                                              vs raw socket stream
+#   100 dependent ops in one batch through a 10 ms-RTT delaying proxy  vs one RTT
+#   8 client threads x 2,000 small ops                                 vs raw echo, 8 threads
+#   server RSS idle, and with 1,000 idle connections
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import bridge
+
+from .common import Row, echo_client, echo_once, echo_server, per_op, start_server
+
+MANIFEST = """
+[devices.zero]
+kind = "node"
+path = "/dev/zero"
+access = "r"
+[devices.tty]
+kind = "node"
+path = "{pty}"
+ioctls = ["TIOCGWINSZ", "FIONREAD"]
+"""
+
+_STREAM = r"""
+import socket, sys
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(1)
+print(s.getsockname()[1], flush=True)
+c, _ = s.accept()
+chunk = b"\0" * (1 << 20)
+n = int(sys.argv[1])
+for _ in range(n):
+    c.sendall(chunk)
+c.close()
+"""
+
+_DELAY = r"""
+import socket, sys, threading, time, heapq
+delay = float(sys.argv[2]) / 2
+target = ("127.0.0.1", int(sys.argv[1]))
+ls = socket.socket(); ls.bind(("127.0.0.1", 0)); ls.listen(16)
+print(ls.getsockname()[1], flush=True)
+def pump(a, b):
+    # forward a -> b, each chunk released `delay` seconds after it arrived
+    q, cv = [], threading.Condition()
+    def writer():
+        while True:
+            with cv:
+                while not q: cv.wait()
+                t, data = q[0]
+                now = time.monotonic()
+                if now < t:
+                    cv.wait(t - now); continue
+                q.pop(0)
+            if data is None:
+                b.close(); return
+            b.sendall(data)
+    threading.Thread(target=writer, daemon=True).start()
+    while True:
+        try: data = a.recv(1 << 16)
+        except OSError: data = b""
+        with cv:
+            q.append((time.monotonic() + delay, data or None)); cv.notify()
+        if not data: return
+while True:
+    c, _ = ls.accept()
+    u = socket.create_connection(target)
+    for s in (c, u): s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    threading.Thread(target=pump, args=(c, u), daemon=True).start()
+    threading.Thread(target=pump, args=(u, c), daemon=True).start()
+"""
+
+
+@contextlib.contextmanager
+def _child(code: str, *args: str) -> Iterator[int]:
+    p = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE)
+    assert p.stdout is not None
+    port = int(p.stdout.readline())
+    try:
+        yield port
+    finally:
+        p.kill()
+        p.wait()
+        p.stdout.close()
+
+
+def _raw_stream(mib: int) -> float:
+    """Seconds to receive ``mib`` MiB from a raw socket stream (recv_into, no framing)."""
+    with _child(_STREAM, str(mib)) as port:
+        s = socket.create_connection(("127.0.0.1", port))
+        buf = bytearray(1 << 20)
+        total, want = 0, mib << 20
+        t = time.perf_counter()
+        while total < want:
+            n = s.recv_into(buf)
+            if not n:
+                break
+            total += n
+        dt = time.perf_counter() - t
+        s.close()
+        return dt
+
+
+def run() -> list[Row]:
+    rows: list[Row] = []
+    master, slave = os.openpty()
+    srv = start_server(MANIFEST.format(pty=os.ttyname(slave)))
+    try:
+        with echo_server() as addr, bridge.connect(srv.url) as host:
+            zero = host.open("zero")
+            tty = host.open("tty")
+            es = echo_client(addr)
+            buf = bytearray(1 << 16)
+            payload = b"x" * 16
+            n = 3000
+            floor = per_op(lambda: echo_once(es, payload, buf), n)
+            rd = per_op(lambda: zero.read(16), n)
+            io = per_op(lambda: tty.ioctl("TIOCGWINSZ"), n)
+            rows.append(Row("small op: read 16 B from /dev/zero node", rd * 1e6, floor * 1e6,
+                            "us/op", "<= 1.5x"))
+            rows.append(Row("small op: ioctl TIOCGWINSZ on a pty", io * 1e6, floor * 1e6,
+                            "us/op", "<= 1.5x"))
+
+            # bulk: 256 reads of 1 MiB, pipelined 4 deep, vs a raw stream of 256 MiB
+            mib = 256
+            t = time.perf_counter()
+            inflight = [host.submit("read", [zero.handle, 1 << 20, None]) for _ in range(4)]
+            got = 0
+            for i in range(mib):
+                got += len(host.result(inflight.pop(0)))
+                if i + 4 < mib:
+                    inflight.append(host.submit("read", [zero.handle, 1 << 20, None]))
+            bulk = time.perf_counter() - t
+            assert got == mib << 20
+            t = time.perf_counter()
+            for _ in range(64):
+                zero.read(1 << 20)
+            bulk_seq = (time.perf_counter() - t) * mib / 64
+            raw = _raw_stream(mib)
+            rows.append(Row("bulk read 1 MiB x 256 (4 in flight)", mib / bulk, mib / raw,
+                            "MiB/s", ">= 0.9x", higher_is_better=True))
+            rows.append(Row("bulk read 1 MiB x 256 (one at a time)", mib / bulk_seq, mib / raw,
+                            "MiB/s", "", higher_is_better=True))
+            es.close()
+            rows.extend(_threads(srv.url, addr))
+        rows.append(_batch_over_delay(srv.url))
+        rows.extend(_rss(srv.url))
+    finally:
+        srv.stop()
+        os.close(master)
+        os.close(slave)
+    return rows
+
+
+def _threads(url: str, addr: tuple[str, int]) -> list[Row]:
+    threads, ops = 8, 2000
+
+    def bridged() -> None:
+        with bridge.connect(url) as h:
+            z = h.open("zero")
+            for _ in range(ops):
+                z.read(16)
+
+    def raw() -> None:
+        s = echo_client(addr)
+        buf = bytearray(64)
+        for _ in range(ops):
+            echo_once(s, b"x" * 16, buf)
+        s.close()
+
+    def rate(fn: object) -> float:
+        ts = [threading.Thread(target=fn) for _ in range(threads)]  # type: ignore[arg-type]
+        t = time.perf_counter()
+        for th in ts:
+            th.start()
+        for th in ts:
+            th.join()
+        return threads * ops / (time.perf_counter() - t)
+
+    r_raw = rate(raw)
+    r_br = rate(bridged)
+    return [Row("8 threads x 2,000 small ops (own connections)", r_br / 1000, r_raw / 1000,
+                "kcalls/s", ">= 0.8x", higher_is_better=True)]
+
+
+def _batch_over_delay(url: str) -> Row:
+    port = int(url.rsplit(":", 1)[1])
+    with _child(_DELAY, str(port), "0.010") as pport:
+        s = socket.create_connection(("127.0.0.1", pport))
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.close()
+        with bridge.connect(f"hwbridge://127.0.0.1:{pport}") as host:
+            host.devices()
+            rtts = []
+            for _ in range(5):
+                t = time.perf_counter()
+                host.devices()
+                rtts.append(time.perf_counter() - t)
+            rtt = min(rtts)
+            times = []
+            for _ in range(5):
+                t = time.perf_counter()
+                with host.batch():
+                    z = host.open("zero")
+                    for _ in range(49):
+                        z.read(16)
+                    for _ in range(49):
+                        z.poll(0)
+                    z.close()
+                times.append(time.perf_counter() - t)
+            best = min(times)
+    return Row("100 dependent ops, one batch, 10 ms RTT proxy", best * 1e3, rtt * 1e3, "ms",
+               "", note=f"goal <= RTT + 5 ms: {'yes' if best <= rtt + 0.005 else 'NO'}")
+
+
+def _rss(url: str) -> list[Row]:
+    srv = start_server()
+    try:
+        time.sleep(0.3)
+        idle = srv.rss_kib() / 1024
+        socks = []
+        port = int(srv.url.rsplit(":", 1)[1])
+        for _ in range(1000):
+            c = bridge.connect(f"hwbridge://127.0.0.1:{port}")
+            socks.append(c)
+        time.sleep(0.5)
+        loaded = srv.rss_kib() / 1024
+        for c in socks:
+            c.close()
+        select.select([], [], [], 0)
+    finally:
+        srv.stop()
+    return [Row("server RSS idle", idle, 40, "MB", "<= 1.0x", note="floor = 40 MB budget"),
+            Row("server RSS growth, 1,000 idle connections", loaded - idle, 100, "MB",
+                "<= 1.0x", note="floor = 100 MB budget")]
