@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench fuzz clean
+.PHONY: demo test test-deps lint typecheck bench fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,7 +19,19 @@ lint: $(STAMP)
 	$(BIN)/ruff check bridge drivers sim hil tests bench
 	$(BIN)/mypy
 
-test: $(STAMP) lint
+# Debian packages the kernel-interface tier needs (umockdev emulates /dev/i2c-*, /dev/spidev*).
+# Installed only when running as root with apt-get and they are missing; otherwise that tier
+# skips and says why.
+TEST_DEBS := umockdev gir1.2-umockdev-1.0 python3-gi
+test-deps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    ! dpkg -s $(TEST_DEBS) >/dev/null 2>&1; then \
+	  (apt-get install -y -q $(TEST_DEBS) || \
+	   (apt-get update -q && apt-get install -y -q $(TEST_DEBS))) >/dev/null || \
+	  echo "test-deps: could not install $(TEST_DEBS); the umockdev tier will skip"; \
+	fi
+
+test: $(STAMP) lint test-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 bench: $(STAMP)
