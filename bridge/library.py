@@ -1,0 +1,216 @@
+# The host side of a remote native library (kind "library"): the device handle with its two
+# operations, "functions" (the declarations a client validates against) and "call", and
+# the per-connection table of opaque-handle tokens. A client never sees a pointer: an opaque
+# pointer becomes a random token valid only on the handle that received it, and every
+# pointer still open when the connection goes away is released through its declared close
+# function. Must not know how a call is executed (bridge/libworker.py) or about sockets.
+from __future__ import annotations
+
+import errno
+import logging
+import secrets
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from .backend import Access, DeviceHandle, op
+from .libdecl import (
+    DeclarationError,
+    LibraryConfig,
+    Signature,
+    config_from_options,
+    parse_declarations,
+)
+from .libworker import KILL_GRACE, Flight, InProcess, WorkerProcess
+from .manifest import DeviceSpec
+from .timeout import Deadline
+
+log = logging.getLogger("hwbridge.library")
+
+# A call first waits this long inline on the connection's thread: most library calls take
+# microseconds, and handing them to a thread would cost more than the call itself.
+INLINE_WAIT = 0.002
+MAX_TOKENS = 4096
+
+Runner = InProcess | WorkerProcess
+
+
+@dataclass
+class _Shared:
+    """What every connection's handle of one library shares: declarations and the runner."""
+
+    config: LibraryConfig
+    sigs: dict[str, Signature]
+    runner: Runner
+
+
+_SHARED: dict[str, _Shared] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_library(spec: DeviceSpec, path: str | None, standin: str | None = None) -> _Shared:
+    """The declarations and runner of ``spec``, made on first use (one worker per library)."""
+    with _SHARED_LOCK:
+        sh = _SHARED.get(spec.name)
+        if sh is None:
+            options = dict(spec.options)
+            if standin is not None:
+                options.setdefault("standin", standin)
+            try:
+                cfg = config_from_options(spec.name, path, options)
+                _, sigs = parse_declarations(cfg)
+                runner: Runner = InProcess(cfg) if cfg.isolation == "none" else \
+                    WorkerProcess(cfg)
+            except DeclarationError as e:
+                raise OSError(errno.EINVAL, str(e)) from None
+            sh = _SHARED[spec.name] = _Shared(cfg, sigs, runner)
+        return sh
+
+
+@dataclass
+class _Parked:
+    """A call that outlived its inline wait; the session's thread comes back for it."""
+
+    key: tuple[str, Any]
+    flight: Flight
+
+
+class LibraryHandle(DeviceHandle):
+    """One connection's use of a library: its calls and its opaque-handle tokens."""
+
+    kind = "library"
+
+    def __init__(self, spec: DeviceSpec, shared: _Shared) -> None:
+        super().__init__(spec)
+        self.shared = shared
+        self.sigs = shared.sigs
+        self.runner = shared.runner
+        self._tokens: dict[bytes, tuple[int, int, str]] = {}  # token -> (gen, id, type)
+        self._parked: list[_Parked] = []
+        self._lock = threading.Lock()
+
+    @op("functions")
+    def functions(self) -> list[dict[str, Any]]:
+        """The callable functions with their parameter and result descriptors."""
+        return [s.to_wire() for s in self.sigs.values()]
+
+    @op("call", Access.NONE, blocking=True)
+    def call(self, fname: str, args: list[Any], deadline: Deadline) -> list[Any]:
+        """Call ``fname`` with the caller's inputs; returns the list of its outputs."""
+        sig = self.sigs.get(fname) if isinstance(fname, str) else None
+        if sig is None:
+            raise PermissionError(errno.EACCES, f"{fname!r} is not a function the manifest "
+                                                "lets clients call")
+        if not isinstance(args, list) or len(args) != len(sig.inputs):
+            raise TypeError(f"{fname} takes {len(sig.inputs)} arguments "
+                            f"({', '.join(sig.inputs)})")
+        if deadline.probe:
+            flight = self.runner.try_begin(fname, self._to_worker(sig, args))
+            if flight is None:
+                deadline.expire(fname)  # busy: wait for the library on a thread
+            if not flight.wait(INLINE_WAIT):
+                self._park((fname, args), flight, sig)
+                deadline.expire(fname)
+            return self._finish(sig, flight)
+        flight = self._claim((fname, args))
+        limit = _min(sig.timeout, None if deadline.timeout == 0 else deadline.remaining())
+        if flight is None:
+            flight = self.runner.begin(fname, self._to_worker(sig, args), limit)
+            if not flight.wait(limit):
+                flight.kill(_late(sig, limit))
+                flight.wait(KILL_GRACE)
+        elif not flight.done.wait(limit):
+            flight.kill(_late(sig, limit))
+            flight.done.wait(KILL_GRACE)
+        return self._finish(sig, flight)
+
+    # Equal calls in flight at once on one connection are interchangeable (the client sent
+    # them concurrently, so no order between them exists): any of them may take the result.
+    def _park(self, key: tuple[str, Any], flight: Flight, sig: Signature) -> None:
+        with self._lock:
+            self._parked.append(_Parked(key, flight))
+
+        def reader() -> None:  # finishes the call even if nobody comes back for it
+            if not flight.wait(sig.timeout):
+                flight.kill(_late(sig, sig.timeout))
+                flight.wait(KILL_GRACE)
+
+        threading.Thread(target=reader, name=f"hwbridge-lib-{sig.name}", daemon=True).start()
+
+    def _claim(self, key: tuple[str, Any]) -> Flight | None:
+        with self._lock:
+            for i, p in enumerate(self._parked):
+                if p.key == key:
+                    del self._parked[i]
+                    return p.flight
+        return None
+
+    def _to_worker(self, sig: Signature, args: list[Any]) -> list[Any]:
+        """The caller's inputs with each token replaced by the worker's handle number."""
+        params = dict(sig.params)
+        out = list(args)
+        for i, name in enumerate(sig.inputs):
+            d = params[name]
+            if d["k"] != "handle" or args[i] is None:
+                continue
+            entry = self._tokens.get(args[i]) if isinstance(args[i], bytes) else None
+            if entry is None or entry[2] != d["type"]:
+                raise OSError(errno.EBADF, f"{sig.name}: {name} is not an open {d['type']} "
+                                           "handle of this connection")
+            if entry[0] != self.runner.generation:
+                raise OSError(errno.EBADF, f"{sig.name}: {name} was opened before the "
+                                           "library's worker restarted")
+            out[i] = entry[1]
+            if sig.closes is not None:
+                self._tokens.pop(args[i], None)
+        return out
+
+    def _finish(self, sig: Signature, flight: Flight) -> list[Any]:
+        values = flight.result()
+        for i, name in enumerate(sig.outputs):
+            d = sig.result if name == "return" else None
+            if d is not None and d["k"] == "handle" and values[i] is not None:
+                values[i] = self._token(values[i], d["type"])
+        return values
+
+    def _token(self, wid: int, htype: str) -> bytes:
+        if len(self._tokens) >= MAX_TOKENS:
+            self._release(wid, htype)
+            raise OSError(errno.EMFILE, f"more than {MAX_TOKENS} open {htype} handles")
+        token = secrets.token_bytes(16)
+        self._tokens[token] = (self.runner.generation, wid, htype)
+        return token
+
+    def _release(self, wid: int, htype: str) -> None:
+        closer = self.shared.config.handles[htype]
+        sig = self.sigs[closer]
+        try:
+            flight = self.runner.begin(closer, [wid], sig.timeout)
+            if not flight.wait(sig.timeout):
+                flight.kill(_late(sig, sig.timeout))
+                flight.wait(KILL_GRACE)
+            flight.result()
+        except Exception as e:
+            log.warning("%s: %s: releasing a handle: %s", self.spec.name, closer, e)
+
+    def close(self) -> None:
+        """Release every opaque handle this connection still holds, then forget them."""
+        if self.closed:
+            return
+        self.closed = True
+        with self._lock:
+            tokens, self._tokens = self._tokens, {}
+        for gen, wid, htype in tokens.values():
+            if gen == self.runner.generation:
+                self._release(wid, htype)
+
+    def describe(self) -> dict[str, Any]:
+        return {"functions": sorted(self.sigs), "isolation": self.shared.config.isolation}
+
+
+def _min(a: float, b: float | None) -> float:
+    return a if b is None else min(a, b)
+
+
+def _late(sig: Signature, limit: float) -> str:
+    return f"no answer within {limit:g} s; the worker was killed and restarts"

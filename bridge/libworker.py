@@ -1,0 +1,514 @@
+# Calling a native library: the Engine (marshal plain values into cffi cdata, call, read the
+# results back, keep the library's opaque pointers in a table) and the two runners that
+# host it, in this process (isolation "none") or in a worker process (isolation "process",
+# the default) that a crash or a hang can only take down itself. The worker speaks
+# length-prefixed msgpack over a socketpair: no pickle, and no pointer ever leaves it.
+# Must not know about the wire protocol, sessions or client tokens (bridge/library.py).
+from __future__ import annotations
+
+import errno
+import importlib
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import msgpack
+
+from .libdecl import DeclarationError, LibraryConfig, parse_declarations
+
+_LEN = struct.Struct(">I")
+START_TIMEOUT = 60.0
+KILL_GRACE = 5.0
+
+
+class Engine:
+    """One loaded library (or its Python stand-in) and the pointers it handed out."""
+
+    def __init__(self, cfg: LibraryConfig) -> None:
+        self.cfg = cfg
+        self.ffi, self.sigs = parse_declarations(cfg)
+        self._fns: dict[str, Any] = {}
+        self._handles: dict[int, tuple[str, Any]] = {}
+        self._next = 1
+        self._callback_error: BaseException | None = None
+        if cfg.standin is not None:
+            module = importlib.import_module(cfg.standin)
+            for name, sig in self.sigs.items():
+                fn = getattr(module, name, None)
+                if not callable(fn):
+                    raise DeclarationError(f"library {cfg.name}: stand-in {cfg.standin} "
+                                           f"has no function {name}")
+                self._fns[name] = self.ffi.callback(sig.ctype, fn, onerror=self._onerror)
+        else:
+            try:
+                lib = self.ffi.dlopen(cfg.path)
+            except OSError as e:
+                raise DeclarationError(f"library {cfg.name}: cannot load {cfg.path}: {e}"
+                                       ) from None
+            for name in self.sigs:
+                try:
+                    self._fns[name] = getattr(lib, name)
+                except AttributeError:
+                    raise DeclarationError(f"library {cfg.name}: {cfg.path} has no symbol "
+                                           f"{name}") from None
+
+    def _onerror(self, et: type[BaseException], ev: BaseException, tb: object) -> None:
+        self._callback_error = ev
+
+    def call(self, fname: str, args: Sequence[Any]) -> list[Any]:
+        """Call ``fname`` with the caller's inputs; [return value, out values..., errno]."""
+        sig = self.sigs.get(fname)
+        if sig is None:
+            raise PermissionError(errno.EACCES, f"{fname} is not a function the manifest "
+                                                "lets clients call")
+        if not isinstance(args, list | tuple) or len(args) != len(sig.inputs):
+            raise TypeError(f"{fname} takes {len(sig.inputs)} arguments "
+                            f"({', '.join(sig.inputs)})")
+        given = dict(zip(sig.inputs, args, strict=True))
+        for sp, bufs in sig.derived.items():
+            lens = {_length(given[b], f"{fname}: {b}") for b in bufs}
+            if len(lens) != 1:
+                raise ValueError(f"{fname}: {', '.join(bufs)} must have the same length")
+            given[sp] = lens.pop()
+        cargs: list[Any] = []
+        outs: list[tuple[dict[str, Any], Any, int]] = []
+        for name, d in sig.params:
+            where = f"{fname}: {name}"
+            if d["k"] == "buffer":
+                cd, count = self._buffer(d, given, name, where)
+                if d["dir"] != "in":
+                    outs.append((d, cd, count))
+                cargs.append(cd)
+            elif d["k"] == "handle":
+                cargs.append(self._pointer(d["type"], given[name], where))
+            elif d["k"] == "str":
+                cargs.append(self.ffi.new("char[]", _cstring(given[name], where)))
+            else:
+                cargs.append(self._cvalue(d, given[name], where))
+        ffi = self.ffi
+        self._callback_error = None
+        ffi.errno = 0
+        ret = self._fns[fname](*cargs)
+        err = ffi.errno
+        if self._callback_error is not None:
+            e, self._callback_error = self._callback_error, None
+            raise e
+        result: list[Any] = []
+        if sig.result["k"] != "void":
+            failed = (ret == ffi.NULL) if sig.result["k"] in ("handle", "str") else \
+                (sig.result["k"] == "int" and ret < 0)
+            if sig.errno == "raise" and failed:
+                raise OSError(err or errno.EIO, f"{fname}: {os.strerror(err or errno.EIO)}")
+            result.append(self._out(sig.result, ret))
+        for d, cd, count in outs:
+            result.append(self._read_buffer(d, cd, count))
+        if sig.errno == "report":
+            result.append(err)
+        if sig.closes is not None:
+            self._handles.pop(given[sig.inputs[0]], None)
+        return result
+
+    # -- marshalling ----------------------------------------------------------------------
+
+    def _buffer(self, d: dict[str, Any], given: dict[str, Any], name: str,
+                where: str) -> tuple[Any, int]:
+        ffi, ctype = self.ffi, d["ctype"]
+        if d.get("single"):
+            init = None if d["dir"] == "out" else self._init(d["elem"], given[name], where)
+            return ffi.new(f"{ctype} *", init), 1
+        if d["dir"] == "out":
+            count = d["size"] if "size_param" not in d else given[d["size_param"]]
+            if type(count) is not int or count < 0:
+                raise ValueError(f"{where}: the size must be a non-negative integer")
+            if count * ffi.sizeof(ctype) > self.cfg.max_buffer:
+                raise ValueError(f"{where}: {count} items exceed max_buffer "
+                                 f"({self.cfg.max_buffer} bytes)")
+            return ffi.new(f"{ctype}[]", count), count
+        value = given[name]
+        count = _length(value, where)
+        if "size" in d and count != d["size"]:
+            raise ValueError(f"{where}: needs exactly {d['size']} items, got {count}")
+        if d["bytes"]:
+            cd = ffi.new(f"{ctype}[]", count)
+            ffi.memmove(cd, value, count)
+            return cd, count
+        return ffi.new(f"{ctype}[]", [self._init(d["elem"], v, where) for v in value]), count
+
+    def _init(self, d: dict[str, Any], v: Any, where: str) -> Any:
+        """A checked cffi initializer for a value of type ``d``."""
+        k = d["k"]
+        if k == "struct":
+            if not isinstance(v, dict):
+                raise TypeError(f"{where}: {d['name']} is given as a dict, not "
+                                f"{type(v).__name__}")
+            fields = dict(d["fields"])
+            unknown = set(v) - set(fields)
+            if unknown:
+                raise TypeError(f"{where}: {d['name']} has no field {sorted(unknown)[0]!r}")
+            return {n: self._init(fields[n], x, f"{where}.{n}") for n, x in v.items()}
+        if k == "array":
+            n = _length(v, where)
+            if n > d["length"]:
+                raise ValueError(f"{where}: at most {d['length']} items, got {n}")
+            if d["bytes"]:
+                return bytes(v) if d["elem"]["k"] == "char" else list(bytes(v))
+            return [self._init(d["elem"], x, where) for x in v]
+        return self._cvalue(d, v, where)
+
+    def _cvalue(self, d: dict[str, Any], v: Any, where: str) -> Any:
+        k = d["k"]
+        if k == "int":
+            if not isinstance(v, int):
+                raise TypeError(f"{where}: expects an integer, not {type(v).__name__}")
+            if not d["min"] <= v <= d["max"]:
+                raise ValueError(f"{where}: {v} is out of range {d['min']}..{d['max']}")
+            return int(v)
+        if k == "float":
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise TypeError(f"{where}: expects a number, not {type(v).__name__}")
+            return float(v)
+        if k == "bool":
+            if not isinstance(v, bool | int) or v not in (0, 1):
+                raise TypeError(f"{where}: expects a bool, not {v!r}")
+            return bool(v)
+        if k == "char":
+            if isinstance(v, int) and 0 <= v <= 255:
+                return bytes([v])
+            if isinstance(v, bytes) and len(v) == 1:
+                return v
+            raise TypeError(f"{where}: expects one byte, not {v!r}")
+        if k == "enum":
+            if isinstance(v, str):
+                if v not in d["values"]:
+                    raise ValueError(f"{where}: {d['name']} has no value {v!r}")
+                return d["values"][v]
+            if isinstance(v, bool) or not isinstance(v, int) or not -2**31 <= v < 2**32:
+                raise TypeError(f"{where}: expects a {d['name']} name or integer")
+            return v
+        if k in ("struct", "array"):
+            return self._init(d, v, where)
+        raise TypeError(f"{where}: cannot pass a {k}")
+
+    def _pointer(self, htype: str, wid: Any, where: str) -> Any:
+        if wid is None:
+            return self.ffi.NULL
+        entry = self._handles.get(wid) if type(wid) is int else None
+        if entry is None or entry[0] != htype:
+            raise OSError(errno.EBADF, f"{where}: not an open {htype} handle")
+        return entry[1]
+
+    def _out(self, d: dict[str, Any], cd: Any) -> Any:
+        k = d["k"]
+        if k == "handle":
+            if cd == self.ffi.NULL:
+                return None
+            wid = self._next
+            self._next += 1
+            self._handles[wid] = (d["type"], cd)
+            return wid
+        if k == "str":
+            return None if cd == self.ffi.NULL else \
+                self.ffi.string(cd).decode("utf-8", "replace")
+        if k == "struct":
+            return {n: self._out(fd, getattr(cd, n)) for n, fd in d["fields"]}
+        if k == "array":
+            if d["bytes"]:
+                return bytes(self.ffi.buffer(cd))
+            return [self._out(d["elem"], x) for x in cd]
+        if k == "bool":
+            return bool(cd)
+        return cd
+
+    def _read_buffer(self, d: dict[str, Any], cd: Any, count: int) -> Any:
+        if d.get("single"):
+            return self._out(d["elem"], cd[0])
+        if d["bytes"]:
+            return bytes(self.ffi.buffer(cd, count * self.ffi.sizeof(d["ctype"])))
+        return [self._out(d["elem"], cd[i]) for i in range(count)]
+
+
+def _length(v: Any, where: str) -> int:
+    if isinstance(v, bytes | bytearray | list | tuple | str):
+        return len(v)
+    raise TypeError(f"{where}: expects bytes or a list, not {type(v).__name__}")
+
+
+def _cstring(v: Any, where: str) -> bytes:
+    b = v.encode() if isinstance(v, str) else v
+    if not isinstance(b, bytes):
+        raise TypeError(f"{where}: expects a string, not {type(v).__name__}")
+    if b"\0" in b:
+        raise ValueError(f"{where}: a C string cannot contain NUL")
+    return b
+
+
+def run_guarded(engine: Engine, fname: str, args: Any) -> list[Any]:
+    """A reply frame for one call: [0, values] or [1, errno, message] or [2, type, message]."""
+    try:
+        return [0, engine.call(fname, args)]
+    except OSError as e:
+        return [1, e.errno or errno.EIO, e.strerror or str(e)]
+    except (TypeError, ValueError, OverflowError) as e:
+        return [2, "TypeError" if isinstance(e, TypeError) else "ValueError", str(e)]
+    except Exception as e:  # the library or the stand-in failed: report, keep serving
+        return [1, errno.EIO, f"{fname}: {type(e).__name__}: {e}"]
+
+
+def reply_value(reply: list[Any]) -> list[Any]:
+    """The values of a reply frame, or the error it carries raised."""
+    if reply[0] == 0:
+        values: list[Any] = reply[1]
+        return values
+    if reply[0] == 1:
+        raise OSError(reply[1], reply[2])
+    raise (TypeError if reply[1] == "TypeError" else ValueError)(reply[2])
+
+
+# -- the worker process ----------------------------------------------------------------------
+
+def _send(sock: socket.socket, obj: Any) -> None:
+    body = msgpack.packb(obj, use_bin_type=True)
+    sock.sendall(_LEN.pack(len(body)) + body)
+
+
+def _recv(sock: socket.socket) -> Any:
+    """One frame; None at end of stream. Honours the socket's timeout (socket.timeout)."""
+    head = _recv_exact(sock, 4)
+    if head is None:
+        return None
+    body = _recv_exact(sock, _LEN.unpack(head)[0])
+    return None if body is None else msgpack.unpackb(body, raw=False, strict_map_key=False)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:])
+        if k == 0:
+            return None
+        got += k
+    return bytes(buf)
+
+
+def main(argv: list[str]) -> int:
+    """Worker entry point: ``python -m bridge.libworker FD`` (started by WorkerProcess)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when we stop
+    sock = socket.socket(fileno=int(argv[1]))
+    cfg = _recv(sock)
+    if cfg is None:
+        return 0
+    try:
+        engine = Engine(LibraryConfig.from_wire(cfg))
+    except Exception as e:
+        _send(sock, [1, errno.EINVAL, str(e)])
+        return 1
+    _send(sock, [0, os.getpid()])
+    while True:
+        req = _recv(sock)
+        if req is None:
+            return 0
+        _send(sock, run_guarded(engine, req[0], req[1]))
+
+
+# -- runners (host side) ---------------------------------------------------------------------
+
+class Flight:
+    """One call on its way through a runner; holds the runner's lock until it completes."""
+
+    def __init__(self, runner: InProcess | WorkerProcess, fname: str) -> None:
+        self.runner = runner
+        self.fname = fname
+        self.done = threading.Event()
+        self.values: list[Any] = []
+        self.error: BaseException | None = None
+        self._timed_out = ""
+        self._reading = threading.Lock()
+        self._state = threading.Lock()
+
+    def finish(self, values: list[Any] | None, error: BaseException | None) -> None:
+        with self._state:
+            if self.done.is_set():
+                return
+            self.values, self.error = values or [], error
+            self.done.set()
+        self.runner._lock.release()
+
+    def wait(self, timeout: float | None) -> bool:
+        """Read the reply, at most ``timeout`` seconds; True once the flight is done."""
+        if self.done.is_set():
+            return True
+        runner = self.runner
+        assert isinstance(runner, WorkerProcess)
+        with self._reading:
+            if self.done.is_set():
+                return True
+            sock = runner._sock
+            assert sock is not None
+            try:
+                sock.settimeout(timeout)
+                reply = _recv(sock)
+            except TimeoutError:
+                return False
+            except OSError:
+                reply = None
+            if reply is None:
+                reason = runner._reap()
+                err: OSError = (TimeoutError(errno.ETIMEDOUT, f"{self.fname}: {self._timed_out}")
+                                if self._timed_out else
+                                OSError(errno.EIO, f"{self.fname}: {reason}; the worker is "
+                                                   "restarted for the next call"))
+                self.finish(None, err)
+            else:
+                try:
+                    self.finish(reply_value(reply), None)
+                except Exception as e:
+                    self.finish(None, e)
+            return True
+
+    def kill(self, why: str) -> None:
+        """Give up on a call past its deadline: kill the worker (the reader sees it die)."""
+        with self._state:
+            if self.done.is_set():
+                return
+            self._timed_out = why
+        self.runner._kill()
+
+    def result(self) -> list[Any]:
+        if self.error is not None:
+            raise self.error
+        return self.values
+
+
+class InProcess:
+    """Runs the engine in the server process (isolation "none"): fast, and unprotected."""
+
+    isolated = False
+
+    def __init__(self, cfg: LibraryConfig) -> None:
+        self.engine = Engine(cfg)
+        self.generation = 1
+        self._lock = threading.Lock()
+
+    def try_begin(self, fname: str, args: Any) -> Flight | None:
+        if not self._lock.acquire(blocking=False):
+            return None
+        return self._run(fname, args)
+
+    def begin(self, fname: str, args: Any, timeout: float | None) -> Flight:
+        if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
+            raise TimeoutError(errno.ETIMEDOUT, f"{fname}: the library stayed busy")
+        return self._run(fname, args)
+
+    def _run(self, fname: str, args: Any) -> Flight:
+        f = Flight(self, fname)
+        try:
+            f.finish(self.engine.call(fname, args), None)
+        except BaseException as e:
+            f.finish(None, e)
+        return f
+
+    def _kill(self) -> None:
+        """A call in this process cannot be stopped; it finishes when it finishes."""
+
+
+class WorkerProcess:
+    """Runs the engine in a child process, started on first use and after each crash."""
+
+    isolated = True
+
+    def __init__(self, cfg: LibraryConfig) -> None:
+        self.cfg = cfg
+        self.generation = 0
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._sock: socket.socket | None = None
+
+    def try_begin(self, fname: str, args: Any) -> Flight | None:
+        if not self._lock.acquire(blocking=False):
+            return None
+        return self._send(fname, args)
+
+    def begin(self, fname: str, args: Any, timeout: float | None) -> Flight:
+        if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
+            raise TimeoutError(errno.ETIMEDOUT, f"{fname}: the library stayed busy")
+        return self._send(fname, args)
+
+    def _send(self, fname: str, args: Any) -> Flight:
+        try:
+            self._ensure()
+            assert self._sock is not None
+            _send(self._sock, [fname, args])
+        except BaseException:
+            self._lock.release()
+            raise
+        return Flight(self, fname)
+
+    def _ensure(self) -> None:
+        if self._proc is not None:
+            return
+        ours, theirs = socket.socketpair()
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", "bridge.libworker",
+                                     str(theirs.fileno())], pass_fds=[theirs.fileno()],
+                                    stdin=subprocess.DEVNULL)
+        except OSError:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self._proc, self._sock = proc, ours
+        try:
+            _send(ours, self.cfg.to_wire())
+            ours.settimeout(START_TIMEOUT)
+            reply = _recv(ours)
+            if reply is None:
+                raise OSError(errno.EIO, f"library {self.cfg.name}: the worker died while "
+                                         f"starting ({self._reap()})")
+            reply_value(reply)
+        except BaseException:
+            self._kill()
+            self._reap()
+            raise
+        self.generation += 1
+
+    def _kill(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+
+    def _reap(self) -> str:
+        """Collect a dead (or killed) worker; the next call starts a new one."""
+        proc, sock = self._proc, self._sock
+        self._proc = self._sock = None
+        if sock is not None:
+            sock.close()
+        if proc is None:
+            return "worker gone"
+        try:
+            rc = proc.wait(KILL_GRACE)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = proc.wait()
+        if rc < 0:
+            try:
+                return f"worker killed by {signal.Signals(-rc).name}"
+            except ValueError:
+                return f"worker killed by signal {-rc}"
+        return f"worker exited with status {rc}"
+
+    def stop(self) -> None:
+        """End the worker (server shutdown)."""
+        with self._lock:
+            self._kill()
+            self._reap()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
