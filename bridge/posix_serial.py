@@ -53,8 +53,8 @@ class PosixSerial(SerialHandle):
     """A real tty (or pty) on the host."""
 
     def __init__(self, spec: DeviceSpec, fd: int) -> None:
-        super().__init__(spec)
         self.fd = fd
+        super().__init__(spec, _current(fd).changed(_line_options(spec)))
         self._lock = threading.Lock()
         self._emulated = False  # modem lines answered from our own state
         self._locked = False
@@ -107,6 +107,13 @@ class PosixSerial(SerialHandle):
                 return False
 
     def apply_settings(self, new: LineSettings) -> None:
+        try:
+            self._apply_settings(new)
+        except termios.error as e:  # not an OSError: give it its errno back
+            code, text = e.args if len(e.args) == 2 else (errno.EIO, str(e))
+            raise OSError(code, f"the port refused the settings: {text}") from None
+
+    def _apply_settings(self, new: LineSettings) -> None:
         iflag, oflag, cflag, lflag, ispeed, ospeed, cc = termios.tcgetattr(self.fd)
         # raw mode, as pyserial sets it
         lflag &= ~(termios.ICANON | termios.ECHO | termios.ECHOE | termios.ECHOK |
@@ -188,10 +195,10 @@ class PosixSerial(SerialHandle):
         return buf[0]
 
     def discard_output(self) -> None:
-        termios.tcflush(self.fd, termios.TCOFLUSH)
+        _tcflush(self.fd, termios.TCOFLUSH)
 
     def discard_input(self) -> None:
-        termios.tcflush(self.fd, termios.TCIFLUSH)
+        _tcflush(self.fd, termios.TCIFLUSH)
 
     def set_exclusive(self, on: bool) -> None:
         try:
@@ -220,13 +227,47 @@ class PosixSerial(SerialHandle):
         return {**super().describe(), "fd": self.fd, "modem_emulated": self._emulated}
 
 
+def _line_options(spec: DeviceSpec) -> dict[str, object]:
+    initial_settings(spec.options)  # validates
+    keys = set(LineSettings.__dataclass_fields__)
+    return {k: v for k, v in spec.options.items() if k in keys}
+
+
+def _current(fd: int) -> LineSettings:
+    """The tty's settings now, so a port keeps what another user set (unless the manifest
+    says otherwise)."""
+    _, _, cflag, _, _, ospeed, _ = termios.tcgetattr(fd)
+    if cflag & _CBAUD == _BOTHER:
+        buf = array.array("i", [0] * 64)
+        fcntl.ioctl(fd, _TCGETS2, buf)
+        baudrate = buf[10]
+    else:
+        baudrate = next((int(name[1:]) for name in dir(termios) if name[:1] == "B"
+                         and name[1:].isdigit() and getattr(termios, name) == ospeed), 9600)
+    size = {v: k for k, v in _BYTESIZE.items()}[cflag & termios.CSIZE]
+    parity = "N"
+    if cflag & termios.PARENB:
+        odd = bool(cflag & termios.PARODD)
+        parity = ("M" if odd else "S") if cflag & _CMSPAR else ("O" if odd else "E")
+    return LineSettings(baudrate=baudrate or 9600, bytesize=size, parity=parity,
+                        stopbits=2 if cflag & termios.CSTOPB else 1,
+                        xonxoff=False,  # raw mode, as pyserial opens a port: no IXON
+                        rtscts=bool(cflag & termios.CRTSCTS))
+
+
+def _tcflush(fd: int, queue: int) -> None:
+    try:
+        termios.tcflush(fd, queue)
+    except termios.error as e:
+        raise OSError(*e.args) from None
+
+
 def open_device(backend: PosixBackend, spec: DeviceSpec, access: Access) -> PosixSerial:
     """Open the tty of ``spec``, raw, with the manifest's line settings."""
     fd = open_fd(spec, backend.path(spec), access)
     try:
         if not os.isatty(fd):
             raise OSError(errno.ENOTTY, f"{spec.name} is not a terminal device")
-        initial_settings(spec.options)  # refuse a bad manifest entry before touching the port
         return PosixSerial(spec, fd)
     except BaseException:
         os.close(fd)

@@ -292,7 +292,13 @@ def dialog_model(description: Mapping[str, Any]) -> Any:
     return lambda spec: DialogInstrument(spec, frozen)
 
 
-MODELS = {"loopback": Loopback, "scpi-dmm": ScpiDmm, "uart-pair": UartPair}
+def _inline_dialog(spec: DeviceSpec) -> DialogInstrument:
+    """``sim = "dialog"``: the description is the device's own manifest table."""
+    return DialogInstrument(spec, spec.options)
+
+
+MODELS = {"loopback": Loopback, "scpi-dmm": ScpiDmm, "uart-pair": UartPair,
+          "dialog": _inline_dialog}
 
 LAB = {
     "uart0": {"kind": "serial", "sim": "loopback",
