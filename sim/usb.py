@@ -85,7 +85,7 @@ class LoopbackDevice:
     fifo: bytearray = field(default_factory=bytearray)
     stored: bytes = b""
     claims: dict[int, object] = field(default_factory=dict)  # interface -> owning handle
-    cv: threading.Condition = field(default_factory=threading.Condition)
+    cv: threading.Condition = field(default_factory=lambda: threading.Condition(threading.Lock()))
 
     def firmware_reset(self) -> None:
         self.halted.clear()
@@ -170,20 +170,20 @@ class LoopbackDevice:
 
         The device ends a transfer with a short packet, or a zero-length one when its data
         ends on a packet boundary; a packet larger than the room left is an overflow."""
-        got = bytearray()
-        while len(got) < n and self.fifo:
-            size = min(MAX_PACKET, len(self.fifo))
-            packet = bytes(self.fifo[:size])
-            del self.fifo[:size]
-            if size > n - len(got):
+        avail = len(self.fifo)
+        full = min(n // MAX_PACKET * MAX_PACKET, avail)  # whole packets that fit
+        take = full
+        if full < avail and full < n:  # one more packet, into the room that is left
+            take = full + min(MAX_PACKET, avail - full)
+            if take > n:
+                del self.fifo[:take]
                 self.cv.notify_all()
-                raise OSError(errno.EOVERFLOW, f"the device sent a {size}-byte packet into "
-                                               f"{n - len(got)} bytes of room")
-            got += packet
-            if size < MAX_PACKET:
-                break
+                raise OSError(errno.EOVERFLOW, f"the device sent a {take - full}-byte packet "
+                                               f"into {n - full} bytes of room")
+        got = bytes(self.fifo[:take])
+        del self.fifo[:take]
         self.cv.notify_all()
-        return bytes(got)
+        return got
 
     def status_report(self) -> bytes:
         """Interrupt IN 0x82: bytes waiting on bulk IN and bytes stored, u32 LE each."""
@@ -241,8 +241,7 @@ class SimUSBHandle(USBHandle):
     def transfer(self, kind: Transfer, ep: int, data_or_length: bytes | int,
                  deadline: Deadline) -> bytes | int:
         dev = self.dev
-        left = deadline.remaining()
-        end = None if left is None else clock.now() + left
+        end: float | None = -1.0  # set on the first wait, in sim clock time
         sent = 0  # an OUT transfer's bytes already accepted (whole packets)
         with dev.cv:
             while True:
@@ -266,6 +265,9 @@ class SimUSBHandle(USBHandle):
                     if deadline.probe:
                         deadline.expire(f"transfer on 0x{ep:02X}")
                 now = clock.now()
+                if end == -1.0:
+                    left = deadline.remaining()
+                    end = None if left is None else now + left
                 if end is not None and now >= end:
                     if sent:
                         return sent  # libusb reports a partial transfer, not the timeout
