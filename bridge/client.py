@@ -49,10 +49,11 @@ def remote_error(err: int, message: str) -> OSError:
 class Pending:
     """The outcome of one request: filled in by whichever thread reads its reply."""
 
-    __slots__ = ("id", "done", "value", "error", "transform")
+    __slots__ = ("id", "done", "value", "error", "transform", "bulk")
 
     def __init__(self, id: int, transform: Callable[[Any], Any] | None = None) -> None:
         self.id = id
+        self.bulk = False
         self.done = False
         self.value: Any = None
         self.error: BaseException | None = None
@@ -150,6 +151,7 @@ class Client:
         self._recv_lock = threading.Lock()
         self._cv = threading.Condition(threading.Lock())
         self._sleepers = 0  # followers waiting on _cv; notify only when there are some
+        self._bulk = 0  # requests in flight whose reply may be large (see call(bulk=))
         self._pending: dict[int, Pending] = {}
         self._ids = itertools.count(1)  # next() is atomic: no lock to number a request
         self._broken: BaseException | None = None
@@ -201,8 +203,13 @@ class Client:
         self._handlers = [h for h in self._handlers if h[2] is not handler]
 
     def call(self, op: str, args: Sequence[Any],
-             transform: Callable[[Any], Any] | None = None) -> Any:
-        """One remote operation; inside a batch, returns a :class:`Deferred` instead."""
+             transform: Callable[[Any], Any] | None = None, bulk: bool = False) -> Any:
+        """One remote operation; inside a batch, returns a :class:`Deferred` instead.
+
+        ``bulk=True`` says the reply may carry a large payload (a big read): while such a
+        reply is awaited, frames are received piece by piece at their exact size, so the
+        payload lands in one bytes object without being copied again.
+        """
         batch: BatchContext | None = getattr(self._local, "batch", None)
         if batch is not None:
             return batch.add(op, args, transform)
@@ -214,17 +221,34 @@ class Client:
             raise ConnectionAbortedError(_errno.ECONNABORTED, "connection closed")
         rid = next(self._ids) & 0x7FFFFFFF
         p = self._pending[rid] = Pending(rid, transform)
+        if bulk:
+            self._bulk += 1
+            try:
+                self._send(Call(rid, op, args))
+                return self._wait(p)
+            finally:
+                self._bulk -= 1
         self._send(Call(rid, op, args))
         return self._wait(p)
 
     def submit(self, op: str, args: Sequence[Any],
-               transform: Callable[[Any], Any] | None = None) -> Pending:
+               transform: Callable[[Any], Any] | None = None, bulk: bool = False) -> Pending:
         """Send a request without waiting (pipelining); collect it with :meth:`result`."""
         wired = [self._wire(a) for a in args]
-        return self._start(lambda rid: Call(rid, op, wired), transform)
+        p = self._start(lambda rid: Call(rid, op, wired), transform)
+        if bulk:
+            self._bulk += 1
+            p.bulk = True
+        return p
 
     def result(self, p: Pending) -> Any:
-        return self._wait(p)
+        """Wait for a request made with :meth:`submit`."""
+        try:
+            return self._wait(p)
+        finally:
+            if p.bulk:
+                p.bulk = False
+                self._bulk -= 1
 
     def close(self) -> None:
         """Close the connection; the host closes every handle it opened."""
@@ -320,12 +344,16 @@ class Client:
         if self._broken is not None:
             raise ConnectionError("connection is broken") from self._broken
         try:
-            n = self._sock.recv_into(self._buf)
+            if self._bulk:
+                chunk = self._sock.recv(self._conn.want(), socket.MSG_WAITALL)
+            else:
+                n = self._sock.recv_into(self._buf)
+                chunk = self._buf[:n] if n else b""
         except OSError as e:
             self._fail_all(e)
             raise
         try:
-            self._conn.receive_data(self._buf[:n] if n else b"")
+            self._conn.receive_data(chunk)
             while True:
                 ev = self._conn.next_event()
                 if ev is NEED_DATA:

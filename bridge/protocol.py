@@ -40,6 +40,8 @@ REF_EXT: Final = 1
 _REF = struct.Struct(">H")
 #: Byte strings at least this long travel in the data section instead of the msgpack body.
 BULK_MIN: Final = 4096
+#: Data sections at least this long are collected without copying (Connection.want()).
+BULK_DIRECT: Final = 64 * 1024
 _BULK: Final = (bytes, bytearray, memoryview)
 
 #: Features this implementation knows; the hello exchange keeps the intersection.
@@ -299,6 +301,12 @@ class Connection:
         self._eof = False
         self._packer = msgpack.Packer(**_packer_opts)
         self._receivable = _RECEIVABLE[role]
+        # Data mode: the body of a frame with a large data section is decoded and the data
+        # section is collected as the chunks that arrive, so a transport that receives the
+        # exact remaining size (want()) hands over the final bytes object with no copy.
+        self._stash: Any = None  # decoded body of the frame whose data is being collected
+        self._parts: list[bytes] = []
+        self._want = 0
 
     # -- receiving ------------------------------------------------------------------------
 
@@ -313,6 +321,16 @@ class Connection:
             return
         if self._eof:
             raise ProtocolError("data received after end of stream")
+        if self._want:
+            need = self._want
+            if len(data) <= need:
+                self._parts.append(data if type(data) is bytes else bytes(data))
+                self._want = need - len(data)
+                return
+            with memoryview(data) as mv:
+                self._parts.append(bytes(mv[:need]))
+                data = bytes(mv[need:])
+            self._want = 0
         if self._pos >= len(self._buf):
             # Nothing pending: keep the chunk itself (bytes, or a bytearray the caller hands
             # over and does not reuse, as the transports here do).
@@ -330,6 +348,12 @@ class Connection:
         if self.state is not State.READY:
             if self.state is State.ERROR:
                 raise ProtocolError("connection is in the error state")
+        if self._stash is not None:
+            if self._want:
+                return self._end_or_wait(1)
+            parts, self._parts = self._parts, []
+            body, self._stash = self._stash, None
+            return self._finish(body, parts[0] if len(parts) == 1 else b"".join(parts))
         buf, pos = self._buf, self._pos
         avail = len(buf) - pos
         if avail < 8:
@@ -340,6 +364,8 @@ class Connection:
             self._fail(f"frame of {total} bytes exceeds the limit of {self.max_frame} bytes"
                        if body_len else "frame with an empty body")
         if avail < 8 + total:
+            if data_len >= BULK_DIRECT and avail >= 8 + body_len:
+                return self._enter_data_mode(buf, pos, body_len, data_len)
             return self._end_or_wait(avail)
         start = pos + 8
         mid = start + body_len
@@ -366,6 +392,9 @@ class Connection:
             if end > 65536 and type(buf) is bytearray:
                 del buf[:end]
                 self._pos = 0
+        return self._finish(body, data)
+
+    def _finish(self, body: Value, data: bytes | None) -> Message:
         try:
             msg = decode_body(body, data)
         except ProtocolError as e:
@@ -373,6 +402,38 @@ class Connection:
         if self.state is State.READY and type(msg) in self._receivable:
             return msg
         return self._transition(msg)
+
+    def _enter_data_mode(self, buf: bytes | bytearray, pos: int, body_len: int,
+                         data_len: int) -> _NeedData | None:
+        start, mid = pos + 8, pos + 8 + body_len
+        try:
+            self._stash = _unpackb(bytes(buf[start:mid]), ext_hook=_ext_hook,
+                                   strict_map_key=False)
+        except ProtocolError as e:
+            self._fail(str(e))
+        except Exception as e:
+            self._fail(f"malformed frame body: {e.__class__.__name__}: {e}")
+        part = bytes(buf[mid:])
+        self._parts = [part] if part else []
+        self._want = data_len - len(part)
+        self._buf, self._pos = b"", 0
+        return self._end_or_wait(1)
+
+    def want(self) -> int:
+        """Bytes that complete the next piece (header, body, or data section) exactly.
+
+        A transport expecting bulk replies receives exactly this many bytes (e.g. with
+        MSG_WAITALL), so a large data section arrives as one bytes object, never copied.
+        """
+        if self._want:
+            return self._want
+        avail = len(self._buf) - self._pos
+        if avail < 8:
+            return 8 - avail
+        body_len, data_len = _unpack_header(self._buf, self._pos)
+        if data_len >= BULK_DIRECT:
+            return max(0, 8 + body_len - avail)
+        return max(0, 8 + body_len + data_len - avail)
 
     def _end_or_wait(self, avail: int) -> _NeedData | None:
         if not self._eof:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import ctypes
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from bridge.protocol import BULK_DIRECT
+
 if TYPE_CHECKING:
     from bridge.client import Client
 
@@ -39,7 +41,7 @@ class Node:
 
     def read(self, n: int) -> Any:
         """Up to ``n`` bytes, waiting up to ``timeout`` for the first one (TimeoutError)."""
-        return self.client.call("read", [self.handle, n, self.timeout])
+        return self.client.call("read", [self.handle, n, self.timeout], bulk=n >= BULK_DIRECT)
 
     def write(self, data: bytes | bytearray | memoryview) -> Any:
         """Write ``data``; returns the number of bytes the device took."""
