@@ -133,7 +133,8 @@ def run() -> list[Row]:
             # bulk: 256 reads of 1 MiB, pipelined 4 deep, vs a raw stream of 256 MiB
             mib = 256
             t = time.perf_counter()
-            inflight = [host.submit("read", [zero.handle, 1 << 20, None], bulk=True) for _ in range(4)]
+            inflight = [host.submit("read", [zero.handle, 1 << 20, None], bulk=True)
+                        for _ in range(4)]
             got = 0
             for i in range(mib):
                 got += len(host.result(inflight.pop(0)))
