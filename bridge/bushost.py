@@ -95,34 +95,35 @@ def parse_i2c_messages(address: object, messages: object) -> list[I2CMsg]:
     ``messages`` is the wire form: a list of ``[flags, data]`` (write: bytes) or
     ``[flags, length]`` (read, I2C_M_RD set in flags).
     """
-    if not isinstance(messages, list | tuple):
+    if not isinstance(messages, (list, tuple)):  # noqa: UP038 - tuple is faster here
         raise TypeError(f"messages must be a list, not {type(messages).__name__}")
     if not 1 <= len(messages) <= I2C_RDWR_IOCTL_MAX_MSGS:
         raise _einval(f"an I2C transfer takes 1..{I2C_RDWR_IOCTL_MAX_MSGS} messages, "
                       f"not {len(messages)}")
+    if type(address) is not int or not 0 <= address <= 0x3FF:
+        raise _einval(f"address must be an integer 0..0x3ff, not {address!r}")
     out = []
     for i, m in enumerate(messages):
-        if not isinstance(m, list | tuple) or len(m) != 2:
+        if not isinstance(m, (list, tuple)) or len(m) != 2:  # noqa: UP038
             raise TypeError(f"message {i} must be [flags, data or length]")
-        flags = _uint(m[0], 16, f"message {i} flags")
-        if flags & ~I2C_M_ALL:
-            raise _einval(f"message {i}: unknown flags 0x{flags & ~I2C_M_ALL:04x}")
-        top = 0x3FF if flags & I2C_M_TEN else 0x7F
-        addr = _uint(address, 16, "address")
-        if addr > top:
-            raise _einval(f"address 0x{addr:x} is beyond 0x{top:x}")
+        flags, payload = m
+        if type(flags) is not int or flags & ~I2C_M_ALL or flags < 0:
+            raise _einval(f"message {i}: flags must be I2C_M_* bits, not {flags!r}")
+        if address > 0x7F and not flags & I2C_M_TEN:
+            raise _einval(f"address 0x{address:x} is beyond 0x7f (no I2C_M_TEN)")
         if flags & I2C_M_RD:
-            n = _uint(m[1], 16, f"message {i} read length")
-            data = b""
+            if type(payload) is not int or payload < 0:
+                raise TypeError(f"message {i} is a read and needs a length, not {payload!r}")
+            n, data = payload, b""
         else:
-            if not isinstance(m[1], bytes | bytearray):
+            if not isinstance(payload, (bytes, bytearray)):  # noqa: UP038
                 raise TypeError(f"message {i} is a write and needs bytes, not "
-                                f"{type(m[1]).__name__}")
-            data = bytes(m[1])
+                                f"{type(payload).__name__}")
+            data = bytes(payload)
             n = len(data)
         if n > I2C_MSG_MAX_LEN:
             raise _einval(f"message {i}: {n} bytes, i2c-dev allows {I2C_MSG_MAX_LEN}")
-        out.append(I2CMsg(addr, flags, data, n))
+        out.append(I2CMsg(address, flags, data, n))
     return out
 
 
