@@ -2,6 +2,7 @@
 # `hwbridge serve` process, the wire and bridge.drivers.usb's remote backend.
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import socket
@@ -244,3 +245,44 @@ def test_read_only_manifest_refuses_writes(make_server: Any) -> None:
         assert e.value.errno == errno.EACCES
         with pytest.raises(usb.core.USBTimeoutError):
             d.read(0x81, 64, timeout=50)
+
+
+def test_bad_arguments_are_einval_and_the_server_lives(host: Client) -> None:
+    with host.open("usb0") as proxy:
+        h = proxy.handle
+        for op, args in [("usb_bulk_read", [h, "x", 10, 1.0]),
+                         ("usb_bulk_read", [h, 0x01, 10, 1.0]),  # an OUT endpoint
+                         ("usb_bulk_write", [h, 0x01, "text", 1.0]),
+                         ("usb_bulk_read", [h, 0x81, -1, 1.0]),
+                         ("usb_control_in", [h, 0x40, 1, 0, 0, 8, 1.0]),  # OUT request type
+                         ("usb_control_out", [h, 0x40, 1, 0x10000, 0, b"", 1.0]),
+                         ("usb_set_altsetting", [h, 0, 300])]:
+            with pytest.raises(OSError) as e:
+                host.call(op, args)
+            assert e.value.errno == errno.EINVAL, op
+        assert host.call("usb_get_configuration", [h]) in (0, 1)
+
+
+def test_sim_transfers_time_out_on_the_sim_clock() -> None:
+    from bridge.sim.backend import lab_manifest
+    from bridge.sim.clock import clock
+    from bridge.sim.usb import SimUSBHandle
+
+    from bridge.timeout import Deadline
+
+    spec = dataclasses.replace(lab_manifest().devices["usb0"], name="usb-clock-test")
+    h = SimUSBHandle(spec)
+    outcome: list[BaseException] = []
+    clock.set_manual()
+    try:
+        t = threading.Thread(target=lambda: outcome.append(
+            pytest.raises(TimeoutError, h.bulk_read, 0x81, 64, Deadline(30)).value))
+        t.start()
+        t.join(0.3)
+        assert t.is_alive() and not outcome  # real time passes, sim time does not
+        clock.advance(31)
+        t.join(10)
+        assert not t.is_alive() and outcome[0].errno == errno.ETIMEDOUT
+    finally:
+        clock.set_real()
+        h.close()
