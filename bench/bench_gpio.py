@@ -8,8 +8,9 @@ import statistics
 import threading
 import time
 
-import bridge
 from bridge.drivers.gpio import Direction, Edge, EdgeEvent
+
+import bridge
 
 from .common import Row, echo_client, echo_once, echo_server, start_server
 

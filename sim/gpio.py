@@ -1,6 +1,7 @@
 # Simulated GPIO chips behaving like the kernel's GPIO v2 character device (gpiolib-cdev):
 # line requests with the kernel's EBUSY/EINVAL/EPERM, active-low, bias, edge events with
-# kernel-style seqno/line_seqno and CLOCK_MONOTONIC-like timestamps from the sim clock.
+# kernel-style seqno/line_seqno and CLOCK_MONOTONIC-like timestamps from the sim clock
+# (wall-clock time for lines requested with EVENT_CLOCK_REALTIME).
 # Lines can be wired together, within a chip or across chips, through the manifest:
 #
 #     [devices.gpiochip0]
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -153,7 +155,9 @@ class Board:
                 want = LineFlag.EDGE_RISING if rising else LineFlag.EDGE_FALLING
                 if ln.flags & want:
                     eid = EventId.RISING_EDGE if rising else EventId.FALLING_EDGE
-                    pending.append((ln.request, ln.request.next_event(k[1], now_ns, eid)))
+                    ts = (time.time_ns() if ln.flags & LineFlag.EVENT_CLOCK_REALTIME
+                          else now_ns)
+                    pending.append((ln.request, ln.request.next_event(k[1], ts, eid)))
         for req, ev in pending:
             req.push_event(*ev)
 

@@ -10,6 +10,7 @@ import errno
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -335,3 +336,21 @@ def test_driver_imports_without_posix_modules() -> None:
             "    sys.modules[m] = None\n"
             "import bridge.drivers.gpio\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_event_clock_realtime(chip: GPIO, host: Any) -> None:
+    got: list[list[int]] = []
+    done = threading.Event()
+
+    def on(ev: Any) -> None:
+        got.append(ev.payload)
+        done.set()
+
+    host.on_event(on, "gpio.event")
+    flags = int(LineFlag.INPUT | LineFlag.EDGE_RISING | LineFlag.EVENT_CLOCK_REALTIME)
+    req = host.call("request_lines", [chip.handle, [1], "t", {"flags": flags}, 0])
+    chip.write(0, True)
+    assert done.wait(WAIT)
+    # CLOCK_REALTIME, not CLOCK_MONOTONIC: the stamp is in the wall clock's domain
+    assert abs(got[0][0] - time.time_ns()) < 3600 * 10**9
+    host.call("close", [req])
