@@ -7,6 +7,7 @@ import pty
 import select
 import subprocess
 import sys
+import termios
 import time
 
 from bridge.testing import ServerProc
@@ -28,6 +29,14 @@ def _read_until(fd: int, needle: bytes, seconds: float = 10) -> bytes:
     return out
 
 
+def _wait_raw(fd: int, seconds: float = 10) -> None:
+    """Wait until miniterm has put its console in raw mode (so the tty stops echoing)."""
+    end = time.monotonic() + seconds
+    while termios.tcgetattr(fd)[3] & termios.ECHO and time.monotonic() < end:
+        time.sleep(0.02)
+    assert not termios.tcgetattr(fd)[3] & termios.ECHO
+
+
 def test_miniterm_echoes_through_the_loopback(lab: ServerProc) -> None:
     master, slave = pty.openpty()
     proc = subprocess.Popen([sys.executable, "-c", RUN, f"{lab.url}/uart0", "115200",
@@ -37,6 +46,7 @@ def test_miniterm_echoes_through_the_loopback(lab: ServerProc) -> None:
     try:
         banner = _read_until(master, b"Quit: Ctrl+]")
         assert b"--- Miniterm on hwbridge://" in banner
+        _wait_raw(master)
         os.write(master, b"hello bridge\r")
         # what miniterm shows is what came back from uart0 (local echo is off)
         assert b"hello bridge" in _read_until(master, b"hello bridge")
@@ -59,6 +69,7 @@ def test_miniterm_shows_only_what_the_device_sends(lab: ServerProc) -> None:
     os.close(slave)
     try:
         _read_until(master, b"Quit: Ctrl+]")
+        _wait_raw(master)
         os.write(master, b"*IDN?\r")
         shown = _read_until(master, b"SIM-DMM,0001,1.0")
         assert b"HWBRIDGE,SIM-DMM,0001,1.0" in shown and b"*IDN?" not in shown
