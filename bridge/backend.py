@@ -83,6 +83,9 @@ class DeviceHandle(abc.ABC):
     def __init__(self, spec: DeviceSpec) -> None:
         self.spec = spec
         self.closed = False
+        #: The rights the owning connection holds (set by the session when it registers
+        #: the handle; at most what the manifest grants).
+        self.access: Access = spec.access
         self._emit: EventSink | None = None
 
     def attach(self, emit: EventSink) -> None:

@@ -36,13 +36,9 @@ MAX_EVENT_BUFFER = 1024 * 64
 
 
 def granted(handle: DeviceHandle, fallback: Access) -> Access:
-    """The rights the owning connection holds on ``handle`` (the session's table)."""
-    session = getattr(handle, "_session", None)
-    for entry in getattr(session, "handles", {}).values():
-        if entry.handle is handle:
-            access: Access = entry.access
-            return access
-    return fallback
+    """The rights the owning connection holds on ``handle`` (set when it was registered)."""
+    access = getattr(handle, "access", None)
+    return access if isinstance(access, Access) else fallback
 
 
 def _wants_output(flags: int, attrs: list[Attr], n: int) -> bool:

@@ -279,6 +279,7 @@ class Session:
         if isinstance(handle, NodeHandle):
             handle.max_io = self.host.manifest.max_frame - 4096
         handle._session = self  # type: ignore[attr-defined]
+        handle.access = want
         if self.host.tap is not None:
             handle._tap = self.host.tap  # type: ignore[attr-defined]
         with self._lock:

@@ -186,7 +186,7 @@ def test_resolve_rejects_other_types() -> None:
 def test_no_platform_imports() -> None:
     code = (
         "import sys\n"
-        "for m in ('fcntl', 'termios', 'socket', 'threading'):\n"
+        "for m in ('fcntl', 'termios', 'resource'):\n"
         "    sys.modules[m] = None\n"
         "import bridge.ioctl\n"
     )
