@@ -131,6 +131,12 @@ class Signature:
     derived: dict[str, list[str]] = field(default_factory=dict)  # size param -> in buffers
     closes: str | None = None  # the handle type this function releases
     ctype: str = ""  # the C function pointer type, e.g. "int(*)(int, int)"
+    handle_inputs: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        kinds = dict(self.params)
+        self.handle_inputs = [(i, n, kinds[n]) for i, n in enumerate(self.inputs)
+                              if kinds[n]["k"] == "handle"]
 
     def to_wire(self) -> dict[str, Any]:
         return {"name": self.name, "params": [[n, d] for n, d in self.params],
@@ -158,7 +164,7 @@ def parse_declarations(cfg: LibraryConfig) -> tuple[Any, dict[str, Signature]]:
             fd = node.type
             params: list[tuple[str, str]] = []
             for i, p in enumerate(fd.args.params if fd.args else []):
-                if isinstance(p, c_ast.EllipsisParam):
+                if isinstance(p, c_ast.EllipsisParam) or "__dotdotdot__" in gen.visit(p):
                     raise DeclarationError(f"{where}: {node.name}: variadic functions "
                                            "cannot be called remotely")
                 ctext = gen._generate_type(p.type, emit_declname=False)

@@ -119,9 +119,9 @@ class LibraryHandle(DeviceHandle):
             if not flight.wait(limit):
                 flight.kill(_late(sig, limit))
                 flight.wait(KILL_GRACE)
-        elif not flight.done.wait(limit):
+        elif not flight.wait_done(limit):
             flight.kill(_late(sig, limit))
-            flight.done.wait(KILL_GRACE)
+            flight.wait_done(KILL_GRACE)
         return self._finish(sig, flight)
 
     # Equal calls in flight at once on one connection are interchangeable (the client sent
@@ -147,11 +147,11 @@ class LibraryHandle(DeviceHandle):
 
     def _to_worker(self, sig: Signature, args: list[Any]) -> list[Any]:
         """The caller's inputs with each token replaced by the worker's handle number."""
-        params = dict(sig.params)
+        if not sig.handle_inputs:
+            return args
         out = list(args)
-        for i, name in enumerate(sig.inputs):
-            d = params[name]
-            if d["k"] != "handle" or args[i] is None:
+        for i, name, d in sig.handle_inputs:
+            if args[i] is None:
                 continue
             entry = self._tokens.get(args[i]) if isinstance(args[i], bytes) else None
             if entry is None or entry[2] != d["type"]:

@@ -37,6 +37,7 @@ class Engine:
         self._handles: dict[int, tuple[str, Any]] = {}
         self._next = 1
         self._callback_error: BaseException | None = None
+        self._where = {f: {n: f"{f}: {n}" for n, _ in sig.params} for f, sig in self.sigs.items()}
         if cfg.standin is not None:
             module = importlib.import_module(cfg.standin)
             for name, sig in self.sigs.items():
@@ -71,6 +72,7 @@ class Engine:
             raise TypeError(f"{fname} takes {len(sig.inputs)} arguments "
                             f"({', '.join(sig.inputs)})")
         given = dict(zip(sig.inputs, args, strict=True))
+        wheres = self._where[fname]
         for sp, bufs in sig.derived.items():
             lens = {_length(given[b], f"{fname}: {b}") for b in bufs}
             if len(lens) != 1:
@@ -79,7 +81,7 @@ class Engine:
         cargs: list[Any] = []
         outs: list[tuple[dict[str, Any], Any, int]] = []
         for name, d in sig.params:
-            where = f"{fname}: {name}"
+            where = wheres[name]
             if d["k"] == "buffer":
                 cd, count = self._buffer(d, given, name, where)
                 if d["dir"] != "in":
@@ -278,24 +280,20 @@ def _send(sock: socket.socket, obj: Any) -> None:
 
 
 def _recv(sock: socket.socket) -> Any:
-    """One frame; None at end of stream. Honours the socket's timeout (socket.timeout)."""
-    head = _recv_exact(sock, 4)
-    if head is None:
-        return None
-    body = _recv_exact(sock, _LEN.unpack(head)[0])
-    return None if body is None else msgpack.unpackb(body, raw=False, strict_map_key=False)
+    """One frame; None at end of stream. Honours the socket's timeout (socket.timeout).
 
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        k = sock.recv_into(view[got:])
-        if k == 0:
+    Calls strictly alternate with replies, so a frame never shares a read with the next.
+    """
+    data = b""
+    need = 4
+    while len(data) < need:
+        chunk = sock.recv(max(65536, need - len(data)))
+        if not chunk:
             return None
-        got += k
-    return bytes(buf)
+        data += chunk
+        if need == 4 and len(data) >= 4:
+            need = 4 + _LEN.unpack_from(data)[0]
+    return msgpack.unpackb(data[4:need], raw=False, strict_map_key=False)
 
 
 def main(argv: list[str]) -> int:
@@ -326,7 +324,8 @@ class Flight:
     def __init__(self, runner: InProcess | WorkerProcess, fname: str) -> None:
         self.runner = runner
         self.fname = fname
-        self.done = threading.Event()
+        self.finished = False
+        self._event: threading.Event | None = None  # made only for someone who waits
         self.values: list[Any] = []
         self.error: BaseException | None = None
         self._timed_out = ""
@@ -335,20 +334,33 @@ class Flight:
 
     def finish(self, values: list[Any] | None, error: BaseException | None) -> None:
         with self._state:
-            if self.done.is_set():
+            if self.finished:
                 return
             self.values, self.error = values or [], error
-            self.done.set()
+            self.finished = True
+            event = self._event
         self.runner._lock.release()
+        if event is not None:
+            event.set()
+
+    def wait_done(self, timeout: float | None) -> bool:
+        """Wait for another thread to finish this flight (see :meth:`wait`)."""
+        with self._state:
+            if self.finished:
+                return True
+            if self._event is None:
+                self._event = threading.Event()
+            event = self._event
+        return event.wait(timeout)
 
     def wait(self, timeout: float | None) -> bool:
         """Read the reply, at most ``timeout`` seconds; True once the flight is done."""
-        if self.done.is_set():
+        if self.finished:
             return True
         runner = self.runner
         assert isinstance(runner, WorkerProcess)
         with self._reading:
-            if self.done.is_set():
+            if self.finished:
                 return True
             sock = runner._sock
             assert sock is not None
@@ -376,7 +388,7 @@ class Flight:
     def kill(self, why: str) -> None:
         """Give up on a call past its deadline: kill the worker (the reader sees it die)."""
         with self._state:
-            if self.done.is_set():
+            if self.finished:
                 return
             self._timed_out = why
         self.runner._kill()

@@ -1,0 +1,112 @@
+# Per-call cost of a remote native library call, beside a raw TCP echo round trip measured
+# in the same run: a local cffi call; a bridged call isolated in a worker process; a bridged
+# call with isolation = "none"; RPyC classic mode calling the same function through
+# conn.modules.ctypes (when rpyc is installed: pip install -e '.[bench]').
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cffi
+
+import bridge
+
+from .common import Row, echo_client, echo_once, echo_server, per_op, start_server
+
+N = 2000
+
+_RPYC_SERVER = r"""
+from rpyc.utils.server import ThreadedServer
+from rpyc.core.service import ClassicService
+s = ThreadedServer(ClassicService, hostname="127.0.0.1", port=0,
+                   protocol_config={"allow_all_attrs": True})
+print(s.port, flush=True)
+s.start()
+"""
+
+
+def libc_path() -> str:
+    """The absolute path of the C library this process runs on (from /proc/self/maps)."""
+    with open("/proc/self/maps") as f:
+        for line in f:
+            path = line.split()[-1]
+            if path.startswith("/") and Path(path).name.startswith("libc.so"):
+                return path
+            if path.startswith("/") and Path(path).name.startswith("libc-"):
+                return path
+    raise RuntimeError("no libc in /proc/self/maps")
+
+
+def manifest(libc: str) -> str:
+    return "".join(f"""
+[devices.{name}]
+kind = "library"
+path = "{libc}"
+isolation = "{isolation}"
+cdef = "int abs(int j);"
+functions = ["abs"]
+""" for name, isolation in (("isolated", "process"), ("inproc", "none")))
+
+
+@contextlib.contextmanager
+def rpyc_server() -> Iterator[int]:
+    p = subprocess.Popen([sys.executable, "-c", _RPYC_SERVER], stdout=subprocess.PIPE)
+    assert p.stdout is not None
+    try:
+        yield int(p.stdout.readline())
+    finally:
+        p.kill()
+        p.wait()
+        p.stdout.close()
+
+
+def _rpyc_row(libc: str, echo: float) -> Row:
+    try:
+        import rpyc
+    except ImportError:
+        return Row("library call via RPyC classic conn.modules.ctypes", float("nan"), echo,
+                   "us/op", "", note="skipped: rpyc missing (pip install -e '.[bench]')")
+    with rpyc_server() as port:
+        conn = rpyc.classic.connect("127.0.0.1", port)
+        try:
+            fn = conn.modules.ctypes.CDLL(libc).abs
+            assert fn(-5) == 5
+            t = per_op(lambda: fn(-5), N)
+        finally:
+            conn.close()
+    return Row("library call via RPyC classic conn.modules.ctypes", t * 1e6, echo, "us/op",
+               "", note="comparison")
+
+
+def run() -> list[Row]:
+    libc = libc_path()
+    ffi = cffi.FFI()
+    ffi.cdef("int abs(int j);")
+    local: Any = ffi.dlopen(libc)
+    rows: list[Row] = []
+    with echo_server() as addr, start_server(manifest(libc)) as srv:
+        s = echo_client(addr)
+        buf = bytearray(4096)
+        payload = b"x" * 48  # about the size of a call frame
+        echo = per_op(lambda: echo_once(s, payload, buf), N) * 1e6
+        t = per_op(lambda: local.abs(-5), N * 50) * 1e6
+        rows.append(Row("library call, local cffi (no network)", t, echo, "us/op", "",
+                        note="floor: raw TCP echo"))
+        with bridge.connect(srv.url) as host, host.open("isolated") as iso, \
+                host.open("inproc") as inproc:
+            assert iso.abs(-5) == 5 and inproc.abs(-5) == 5
+            echo = per_op(lambda: echo_once(s, payload, buf), N) * 1e6
+            t = per_op(lambda: iso.abs(-5), N) * 1e6
+            rows.append(Row("library call, bridged, isolated worker", t, echo, "us/op",
+                            "<= 2.5x"))
+            echo = per_op(lambda: echo_once(s, payload, buf), N) * 1e6
+            t = per_op(lambda: inproc.abs(-5), N) * 1e6
+            rows.append(Row("library call, bridged, isolation = none", t, echo, "us/op",
+                            "<= 1.5x"))
+        s.close()
+        rows.append(_rpyc_row(libc, echo))
+    return rows
