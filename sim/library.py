@@ -24,8 +24,10 @@
 #     sim = "library"
 #     standin = "mystandin"
 #     cdef = "int dev_fill(uint8_t *buf, size_t n, uint8_t value); int dev_fail(int code);"
-#     functions = { dev_fill = { args = { buf = { dir = "out", size = "n" } } },
-#                   dev_fail = { errno = "raise" } }
+#
+#     [devices.mylib.functions]
+#     dev_fill = { args = { buf = { dir = "out", size = "n" } } }
+#     dev_fail = { errno = "raise" }
 #
 # Opaque handles: return `ffi.cast("struct dev *", key)` for a key of your own (or use
 # ffi.new_handle / ffi.from_handle) and accept the same pointer back.

@@ -357,3 +357,39 @@ functions = ["fill"]
         with pytest.raises(OSError) as e:
             host.open("broken")
         assert e.value.errno == errno.EINVAL and "buf" in str(e.value)
+
+
+STANDIN = '''
+from bridge.sim.library import ffi
+
+def dev_fill(buf, n, value):
+    ffi.memmove(buf, bytes([value]) * n, n)
+    return n
+
+def dev_fail(code):
+    ffi.errno = code
+    return -1
+'''
+
+
+@pytest.mark.parametrize("isolation", ["process", "none"])
+def test_a_user_stand_in_behind_the_same_declarations(make_server: Callable[..., ServerProc],
+                                                      tmp_path: Path, isolation: str) -> None:
+    (tmp_path / "mystandin.py").write_text(STANDIN)
+    s = make_server(f"""
+[devices.mylib]
+kind = "library"
+sim = "library"
+standin = "mystandin"
+isolation = "{isolation}"
+cdef = "int dev_fill(uint8_t *buf, size_t n, uint8_t value); int dev_fail(int code);"
+
+[devices.mylib.functions]
+dev_fill = {{ args = {{ buf = {{ dir = "out", size = "n" }} }} }}
+dev_fail = {{ errno = "raise" }}
+""", env={"PYTHONPATH": str(tmp_path)})
+    with bridge.connect(s.url) as host, host.open("mylib") as lib:
+        assert lib.dev_fill(4, 0x41) == (4, b"AAAA")
+        with pytest.raises(OSError) as e:
+            lib.dev_fail(errno.EROFS)
+        assert e.value.errno == errno.EROFS
