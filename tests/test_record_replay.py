@@ -145,3 +145,24 @@ def test_records_failures_of_every_backend_the_same_way(
         ("full", "open"), ("full", "write"), ("zero", "open"), ("zero", "read")]
     assert recs[1]["err"]["errno"] == errno.ENOSPC
     assert recs[3]["ok"] == {"$b": "000000"}
+
+
+def _gpio_session(url: str) -> list[object]:
+    with bridge.connect(url) as host, host.open("gpiochip0") as chip:
+        chip.configure(1, "in", edge="both")
+        chip.configure(0, "out")
+        chip.write(0, True)
+        event = chip.wait_event(1, timeout=5.0)
+        return [event, chip.read(1)]
+
+
+def test_record_and_replay_handles_made_by_operations_and_their_events(
+        tmp_path: Path, make_server: Callable[..., ServerProc]) -> None:
+    trace = tmp_path / "gpio.jsonl"
+    live = make_server(None, "--record", str(trace))
+    recorded = _gpio_session(live.url)
+    live.stop()
+    assert recorded[0] is not None and recorded[1] is True
+    replay = make_server(f'[devices.gpiochip0]\nkind = "gpio"\nsim = "replay"\n'
+                         f'trace = "{trace}"\n')
+    assert _gpio_session(replay.url) == recorded
