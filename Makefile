@@ -19,10 +19,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check bridge drivers sim hil tests bench
 	$(BIN)/mypy
 
-# Debian packages the kernel-interface tier needs (umockdev emulates /dev/i2c-*, /dev/spidev*).
+# Debian packages the kernel-interface tiers need (umockdev emulates /dev/i2c-*, /dev/spidev*;
+# libusb serves real USB devices through pyusb).
 # Installed only when running as root with apt-get and they are missing; otherwise that tier
 # skips and says why.
-TEST_DEBS := umockdev gir1.2-umockdev-1.0 python3-gi
+TEST_DEBS := umockdev gir1.2-umockdev-1.0 python3-gi libusb-1.0-0
 test-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	    ! dpkg -s $(TEST_DEBS) >/dev/null 2>&1; then \
