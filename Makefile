@@ -23,7 +23,7 @@ lint: $(STAMP)
 # libusb serves real USB devices through pyusb).
 # Installed only when running as root with apt-get and they are missing; otherwise that tier
 # skips and says why.
-TEST_DEBS := umockdev gir1.2-umockdev-1.0 python3-gi libusb-1.0-0
+TEST_DEBS := umockdev gir1.2-umockdev-1.0 python3-gi libusb-1.0-0 gcc libc6-dev
 test-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	    ! dpkg -s $(TEST_DEBS) >/dev/null 2>&1; then \
