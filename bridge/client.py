@@ -344,6 +344,7 @@ class Client:
         if self._broken is not None:
             raise ConnectionError("connection is broken") from self._broken
         try:
+            chunk: bytes | bytearray
             if self._bulk:
                 chunk = self._sock.recv(self._conn.want(), socket.MSG_WAITALL)
             else:

@@ -58,7 +58,8 @@ class GpioChip(DeviceHandle):
 
     def __init__(self, spec: DeviceSpec, access: Access | None = None) -> None:
         super().__init__(spec)
-        self.access = access
+        if access is not None:
+            self.access = access
 
     @abc.abstractmethod
     def get_chip_info(self) -> dict[str, Any]:

@@ -394,7 +394,7 @@ class Connection:
                 self._pos = 0
         return self._finish(body, data)
 
-    def _finish(self, body: Value, data: bytes | None) -> Message:
+    def _finish(self, body: Value, data: bytes | bytearray | None) -> Message:
         try:
             msg = decode_body(body, data)
         except ProtocolError as e:
@@ -419,6 +419,10 @@ class Connection:
         self._buf, self._pos = b"", 0
         return self._end_or_wait(1)
 
+    def buffered(self) -> int:
+        """Bytes of a frame that started arriving and is not complete; 0 between frames."""
+        return len(self._buf) - self._pos + (self._stash is not None)
+
     def want(self) -> int:
         """Bytes that complete the next piece (header, body, or data section) exactly.
 
@@ -430,6 +434,8 @@ class Connection:
         avail = len(self._buf) - self._pos
         if avail < 8:
             return 8 - avail
+        body_len: int
+        data_len: int
         body_len, data_len = _unpack_header(self._buf, self._pos)
         if data_len >= BULK_DIRECT:
             return max(0, 8 + body_len - avail)
