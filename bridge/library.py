@@ -29,7 +29,7 @@ log = logging.getLogger("hwbridge.library")
 
 # A call first waits this long inline on the connection's thread: most library calls take
 # microseconds, and handing them to a thread would cost more than the call itself.
-INLINE_WAIT = 0.002
+INLINE_WAIT = 0.01
 MAX_TOKENS = 4096
 
 Runner = InProcess | WorkerProcess
