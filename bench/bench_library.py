@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,14 @@ def _rpyc_row(libc: str, echo: float) -> Row:
         return Row("library call via RPyC classic conn.modules.ctypes", float("nan"), echo,
                    "us/op", "", note="skipped: rpyc missing (pip install -e '.[bench]')")
     with rpyc_server() as port:
-        conn = rpyc.classic.connect("127.0.0.1", port)
+        for _ in range(100):  # the port is printed before the server listens
+            try:
+                conn = rpyc.classic.connect("127.0.0.1", port)
+                break
+            except ConnectionRefusedError:
+                time.sleep(0.05)
+        else:
+            raise RuntimeError("the RPyC server did not start")
         try:
             fn = conn.modules.ctypes.CDLL(libc).abs
             assert fn(-5) == 5
