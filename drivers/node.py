@@ -13,6 +13,9 @@ if TYPE_CHECKING:
 
 S = TypeVar("S", bound=ctypes.Structure)
 
+# Room in a frame for everything of a write call but its data (header, op, handle, timeout).
+_FRAME_OVERHEAD = 256
+
 
 class Node:
     """A device node on a remote host, used like a file descriptor.
@@ -44,7 +47,14 @@ class Node:
         return self.client.call("read", [self.handle, n, self.timeout], bulk=n >= BULK_DIRECT)
 
     def write(self, data: bytes | bytearray | memoryview) -> Any:
-        """Write ``data``; returns the number of bytes the device took."""
+        """Write ``data``; returns the number of bytes the device took.
+
+        Like ``os.write`` the count may be short: one call sends at most what fits in one
+        frame of the host (its ``max_frame``), so a huge buffer never breaks the connection.
+        """
+        limit = int(self.client.server_info.get("max_frame", 0)) - _FRAME_OVERHEAD
+        if limit > 0 and len(data) > limit:
+            data = memoryview(data)[:limit]
         return self.client.call("write", [self.handle, data, self.write_timeout])
 
     def poll(self, timeout: float | None = 0.0) -> Any:

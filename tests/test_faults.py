@@ -267,3 +267,27 @@ def test_bridge_client_sees_protocol_error_from_a_non_server() -> None:
     finally:
         t.join(10)
         listener.close()
+
+
+def test_many_waiting_reads_stall_neither_this_nor_other_clients(
+        served: tuple[ServerProc, Pty]) -> None:
+    """More blocking reads than the host lets one connection park: the extra ones fail
+    with EAGAIN at once, the connection and other clients keep working, and closing the
+    connection ends every wait."""
+    server, pty = served
+    baseline = _baseline(server)
+    with bridge.connect(server.url) as greedy:
+        dev = greedy.open("pty")
+        waits = [greedy.submit("read", [dev.handle, 1, 60.0]) for _ in range(300)]
+        with greedy.open("zero") as z:  # its reply comes after every refusal
+            assert z.read(3) == bytes(3)
+        refused = [p for p in waits if p.done]
+        assert 0 < len(refused) < len(waits), "no limit on parked operations"
+        for p in refused:
+            with pytest.raises(BlockingIOError):
+                greedy.result(p)
+        _working(server)  # another client
+        with greedy.open("zero") as z:  # and this connection, for non-blocking work
+            assert z.read(3) == bytes(3)
+    _back_to(server, baseline)
+    _working(server)

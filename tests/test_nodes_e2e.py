@@ -219,3 +219,32 @@ def test_ctypes_array_argument(host: bridge.Client) -> None:
         assert dev.ioctl("TIOCSWINSZ", arr) == 0
         back = dev.ioctl("TIOCGWINSZ", (ctypes.c_ushort * 4)())
         assert list(back) == [10, 20, 30, 40]
+
+
+def test_write_larger_than_a_frame_is_short_not_fatal(host: bridge.Client) -> None:
+    """Node.write sends at most one host frame's worth and says how much went."""
+    limit = host.server_info["max_frame"]
+    with host.open("null") as dev:
+        n = dev.write(b"x" * (limit + 12345))
+        assert 0 < n <= limit
+        assert dev.write(b"y" * 10) == 10  # the connection is intact
+
+
+@pytest.mark.xfail(strict=True, reason="client.py sends frames larger than the host's "
+                   "max_frame (it uses its own 64 MiB limit): the host drops the connection")
+def test_oversized_call_fails_locally_and_keeps_the_connection(host: bridge.Client) -> None:
+    limit = host.server_info["max_frame"]
+    with host.open("null") as dev:
+        with pytest.raises((ValueError, OSError)):
+            host.call("write", [dev.handle, b"x" * (limit + 1), None])
+        assert dev.write(b"still here") == 10
+
+
+def test_pipelined_calls_reply_out_of_order(host: bridge.Client, pty_pair: Pty) -> None:
+    """Many requests in flight on one connection; a slow one does not hold back the rest."""
+    with host.open("pty") as dev, host.open("zero") as z:
+        slow = host.submit("read", [dev.handle, 4, 30.0])
+        fast = [host.submit("read", [z.handle, i, None]) for i in range(1, 40)]
+        assert [len(host.result(p)) for p in fast] == list(range(1, 40))
+        os.write(pty_pair.master, b"last")
+        assert host.result(slow) == b"last"
