@@ -292,13 +292,46 @@ def dialog_model(description: Mapping[str, Any]) -> Any:
     return lambda spec: DialogInstrument(spec, frozen)
 
 
+class Source(SimSerial):
+    """A port that sends a repeating pattern as fast as its reader takes it (benchmarks).
+
+    It starts when it receives its first byte, and never overfills the host buffer."""
+
+    chunk = bytes(range(256)) * 1024
+
+    def __init__(self, spec: DeviceSpec) -> None:
+        super().__init__(spec)
+        self._go = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name=f"hwbridge-sim-{spec.name}")
+        self._thread.start()
+
+    def receive(self, data: bytes) -> None:
+        self._go.set()
+
+    def _run(self) -> None:
+        while not self._go.wait(0.25):
+            if self.closed:
+                return
+        while not self.closed:
+            if self._streaming:
+                self.feed(self.chunk)
+            else:
+                with self._rx_cv:
+                    room = len(self._rx) < len(self.chunk)
+                if room:
+                    self.feed(self.chunk)
+                else:
+                    self.pause(0.001)
+
+
 def _inline_dialog(spec: DeviceSpec) -> DialogInstrument:
     """``sim = "dialog"``: the description is the device's own manifest table."""
     return DialogInstrument(spec, spec.options)
 
 
 MODELS = {"loopback": Loopback, "scpi-dmm": ScpiDmm, "uart-pair": UartPair,
-          "dialog": _inline_dialog}
+          "dialog": _inline_dialog, "source": Source}
 
 LAB = {
     "uart0": {"kind": "serial", "sim": "loopback",

@@ -1,0 +1,93 @@
+# Serial streaming from host to client: the push path (data arrives as events into the
+# client's buffer) against a raw TCP stream floor, and pyserial's rfc2217:// client on the
+# same simulated port (the export) for comparison. Same run, ratios only.
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+
+import serial
+
+import bridge
+
+from .common import Row, start_server
+
+TOTAL = 64 << 20
+RFC_TOTAL = 16 << 20
+MANIFEST = '[devices.src]\nkind = "serial"\nsim = "source"\n'
+
+_SENDER = r"""
+import socket, sys
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(1)
+print(s.getsockname()[1], flush=True)
+c, _ = s.accept()
+block = bytes(range(256)) * 256
+while True:
+    try: c.sendall(block)
+    except OSError: break
+"""
+
+
+def _mbps(n: int, seconds: float) -> float:
+    return n / seconds / 1e6
+
+
+def raw_stream(total: int) -> float:
+    """MB/s of a plain TCP stream from another process (the floor)."""
+    p = subprocess.Popen([sys.executable, "-c", _SENDER], stdout=subprocess.PIPE)
+    assert p.stdout is not None
+    try:
+        port = int(p.stdout.readline())
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            buf = bytearray(256 * 1024)
+            got = 0
+            t = time.perf_counter()
+            while got < total:
+                got += s.recv_into(buf)
+            return _mbps(got, time.perf_counter() - t)
+    finally:
+        p.kill()
+        p.wait()
+        p.stdout.close()
+
+
+def drain(port: serial.SerialBase, total: int, size: int = 256 * 1024) -> float:
+    port.timeout = 10
+    got = 0
+    t = time.perf_counter()
+    while got < total:
+        chunk = port.read(size)
+        if not chunk:
+            raise RuntimeError("the stream stopped")
+        got += len(chunk)
+    return _mbps(got, time.perf_counter() - t)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run() -> list[Row]:
+    rfc = _free_port()
+    rows: list[Row] = []
+    with start_server(MANIFEST, "--rfc2217", f"src=127.0.0.1:{rfc}") as srv:
+        with bridge.connect(srv.url) as host, host.open("src") as port:
+            port.write(b"go")
+            drain(port, 4 << 20)  # warm up
+            bridged = max(drain(port, TOTAL) for _ in range(3))
+        floor = max(raw_stream(TOTAL) for _ in range(3))
+        rows.append(Row("serial stream host->client (push), 64 MiB", bridged, floor, "MB/s",
+                        ">= 0.8x", higher_is_better=True))
+        ser = serial.serial_for_url(f"rfc2217://127.0.0.1:{rfc}", timeout=10)
+        try:
+            ser.write(b"go")
+            rfc_rate = drain(ser, RFC_TOTAL)
+        finally:
+            ser.close()
+        rows.append(Row("same port via pyserial rfc2217:// (comparison), 16 MiB", rfc_rate,
+                        floor, "MB/s", "", higher_is_better=True))
+    return rows
