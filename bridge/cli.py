@@ -84,7 +84,60 @@ def _parser() -> argparse.ArgumentParser:
     io.add_argument("arg", nargs="?", help="an integer, or hex bytes with --hex")
     io.add_argument("--hex", action="store_true", help="ARG is hex bytes")
     io.set_defaults(func=_ioctl)
+    _ca_parser(sub)
     return p
+
+
+def _ca_parser(sub: Any) -> None:
+    ca = sub.add_parser("ca", help="a lab certificate authority for hwbridges://",
+                        description="Make a lab CA, then host and client certificates: "
+                        "`hwbridge ca init DIR`, `hwbridge ca issue-host DIR NAME --san "
+                        "10.0.0.5`, `hwbridge ca issue-client DIR alice`. The host manifest "
+                        "then says [server] tls = {cert, key, ca}; a client connects with "
+                        "HWBRIDGE_CA, HWBRIDGE_CERT and HWBRIDGE_KEY set.")
+    casub = ca.add_subparsers(dest="ca_command", required=True)
+    i = casub.add_parser("init", help="create a CA (ca.pem, ca.key) in DIR")
+    i.add_argument("dir")
+    i.add_argument("--name", default="hwbridge lab CA", help="the CA's common name")
+    i.add_argument("--days", type=float, default=3650)
+    i.set_defaults(func=_ca_init)
+    for what, host in (("issue-host", True), ("issue-client", False)):
+        h = casub.add_parser(what, help=f"issue a {'host' if host else 'client'} "
+                             "certificate signed by the CA in DIR (writes NAME.pem, NAME.key)")
+        h.add_argument("dir", help="the CA's folder")
+        h.add_argument("name", help="the host's DNS name" if host else
+                       "the client's principal name (certificate CN)")
+        h.add_argument("--san", action="append", default=[], metavar="NAME_OR_IP",
+                       help="subject alternative names (repeatable; a host defaults to NAME)")
+        h.add_argument("--days", type=float, default=825)
+        h.add_argument("--out", help="folder for the files (default: DIR)")
+        h.set_defaults(func=_ca_issue, host=host)
+
+
+def _ca_init(args: argparse.Namespace) -> int:
+    from .certs import init_ca
+
+    try:
+        path = init_ca(args.dir, args.name, args.days)
+    except RuntimeError as e:
+        raise ValueError(str(e)) from None
+    print(f"hwbridge: CA certificate {path} (keep {path.with_name('ca.key')} private)")
+    return 0
+
+
+def _ca_issue(args: argparse.Namespace) -> int:
+    from .certs import issue_to_files
+
+    sans = args.san or ([args.name] if args.host else [])
+    if args.host and args.name not in sans:
+        sans = [args.name, *sans]
+    try:
+        cert, key = issue_to_files(args.dir, args.name, host=args.host, sans=sans,
+                                   days=args.days, out=args.out)
+    except RuntimeError as e:
+        raise ValueError(str(e)) from None
+    print(f"hwbridge: {cert} and {key}")
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -92,6 +145,7 @@ def _serve(args: argparse.Namespace) -> int:
     from .server import Server, parse_listen
     from .session import Host
     from .sim import lab_manifest
+    from .tls import check_listen
 
     if args.config:
         manifest = load(args.config)
@@ -104,6 +158,7 @@ def _serve(args: argparse.Namespace) -> int:
     host.tap = _tap(manifest, args.record)
     server = Server(host)
     h, port = parse_listen(args.listen or manifest.listen)
+    check_listen(h, manifest.tls is not None, manifest.allow_insecure)
     bound = server.listen_tcp(h, port)
     unix = args.unix or manifest.unix
     if unix:
@@ -115,7 +170,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-    print(f"hwbridge: serving {len(manifest.devices)} devices on hwbridge://{shown}:{bound[1]}"
+    scheme = "hwbridges" if manifest.tls is not None else "hwbridge"
+    print(f"hwbridge: serving {len(manifest.devices)} devices on {scheme}://{shown}:{bound[1]}"
           + (f" and {unix}" if unix else ""), flush=True)
     try:
         server.serve_forever()
@@ -150,12 +206,15 @@ def _rfc2217(host: Any, text: str) -> Any:
 def _ls(args: argparse.Namespace) -> int:
     with connect(parse_url(args.url).host_url) as host:
         devs = host.devices()
+        leases = {ls["device"]: ls for ls in host.leases()}
     if args.json:
-        print(json.dumps([d.raw for d in devs], indent=2))
+        print(json.dumps([{**d.raw, "lease": leases.get(d.name)} for d in devs], indent=2))
         return 0
     width = max((len(d.name) for d in devs), default=4)
     for d in devs:
-        print(f"{d.name:<{width}}  {d.kind:<8} {d.access:<3} {d.description}")
+        ls = leases.get(d.name)
+        held = "" if ls is None else f" [leased by {ls['holder']}, token {ls['token']}]"
+        print(f"{d.name:<{width}}  {d.kind:<8} {d.access:<3} {d.description}{held}")
     return 0
 
 

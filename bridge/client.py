@@ -13,11 +13,14 @@ import contextlib
 import errno as _errno
 import importlib
 import itertools
+import logging
+import os
 import queue
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .protocol import (
     NEED_DATA,
@@ -35,6 +38,9 @@ from .protocol import (
     Role,
 )
 from .url import URL, parse_url
+
+if TYPE_CHECKING:
+    from .leaseclient import Lease
 
 RECV_SIZE = 64 * 1024
 
@@ -143,7 +149,8 @@ class BatchContext:
 class Client:
     """A connection to one device host. Use :func:`bridge.connect` to make one."""
 
-    def __init__(self, url: URL, sock: socket.socket, max_frame: int) -> None:
+    def __init__(self, url: URL, sock: socket.socket, max_frame: int,
+                 token: str | None = None) -> None:
         self.url = url
         self._sock = sock
         self._conn = Connection(Role.CLIENT, max_frame)
@@ -159,11 +166,12 @@ class Client:
         self._view = memoryview(self._buf)
         self._local = threading.local()
         self._handlers: list[tuple[str | None, int | None, EventHandler]] = []
+        self._direct: list[tuple[str | None, int | None, EventHandler]] = []
         self._events: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
         self._event_threads: list[threading.Thread] = []
         self.closed = False
         self.server_info: dict[str, Any] = {}
-        self._hello()
+        self._hello(token)
 
     # -- public API -----------------------------------------------------------------------
 
@@ -184,14 +192,37 @@ class Client:
         handle = self.call("open", args)
         return proxy(self, name, handle, self._described.get(name, {}))
 
+    def lease(self, name: str, timeout: float | None = None, ttl: float = 30.0,
+              renew: bool = True) -> Lease:
+        """Take the exclusive lease on a device, waiting in line up to ``timeout`` seconds
+        (TimeoutError after). Use as ``with host.lease("uart0"): ...``; it is renewed in the
+        background unless ``renew=False``, and ends with the block or the connection."""
+        from .leaseclient import Lease
+
+        return Lease(self, self.call("lease", [name, ttl, timeout]), renew)
+
+    def leases(self) -> list[dict[str, Any]]:
+        """Every lease held on the host now: device, holder, token, expires_in, waiting."""
+        result: list[dict[str, Any]] = self.call("leases", [])
+        return result
+
     def batch(self) -> BatchContext:
         """Group operations into one round trip: ``with host.batch(): ...``."""
         return BatchContext(self)
 
     def on_event(self, handler: EventHandler, topic: str | None = None,
-                 handle: int | None = None) -> None:
-        """Call ``handler(event)`` for server-pushed events (on a dedicated thread)."""
-        self._handlers.append((topic, handle, handler))
+                 handle: int | None = None, direct: bool = False) -> None:
+        """Call ``handler(event)`` for server-pushed events, on a dedicated thread.
+
+        ``direct=True`` runs the handler on the thread that received the event instead,
+        with no hand-off: for short handlers that only store data (a serial port's
+        buffer). A direct handler must not call the client: the reading thread is busy
+        running it.
+        """
+        if direct:
+            self._direct.append((topic, handle, handler))
+        else:
+            self._handlers.append((topic, handle, handler))
         if not self._event_threads:
             for target, name in ((self._event_reader, "reader"),
                                  (self._event_dispatcher, "events")):
@@ -201,6 +232,7 @@ class Client:
 
     def remove_handler(self, handler: EventHandler) -> None:
         self._handlers = [h for h in self._handlers if h[2] is not handler]
+        self._direct = [h for h in self._direct if h[2] is not handler]
 
     def call(self, op: str, args: Sequence[Any],
              transform: Callable[[Any], Any] | None = None, bulk: bool = False) -> Any:
@@ -282,10 +314,10 @@ class Client:
             return Ref(v.index)
         return v
 
-    def _hello(self) -> None:
+    def _hello(self, token: str | None = None) -> None:
         p = Pending(0)
         self._pending[0] = p
-        self._send(Hello())
+        self._send(Hello(info={"token": token} if token is not None else {}))
         info = self._wait(p)
         self.server_info = info
         devs = info.get("devices", [])
@@ -375,7 +407,15 @@ class Client:
                 self._wake()
             return
         if isinstance(ev, Event):
-            self._events.put(ev)
+            for topic, handle, fn in self._direct:
+                if (topic is None or topic == ev.topic) and (handle is None or
+                                                             handle == ev.handle):
+                    try:
+                        fn(ev)
+                    except Exception:  # a handler's bug must not break the connection
+                        logging.getLogger("hwbridge.client").exception("event handler")
+            if self._handlers:
+                self._events.put(ev)
             return
         value: Any
         error: OSError | None
@@ -388,8 +428,10 @@ class Client:
                                                  ev.error.message)
             rid, value, error = ev.id, (ev.results, err), None
         elif isinstance(ev, Error):
-            if ev.id == 0:  # the host refused the connection itself
-                raise ProtocolError(f"{self.url}: {ev.message}")
+            if ev.id == 0 and (ev.errno == _errno.EPROTO or 0 not in self._pending):
+                raise ProtocolError(f"{self.url}: {ev.message}")  # a broken connection
+            # id 0 while the hello is pending: the host refused this client (who it is,
+            # or a limit), e.g. PermissionError.
             rid, value = ev.id, None
             error = remote_error(ev.errno, f"{ev.message} [{self.url}]")
         else:
@@ -439,8 +481,6 @@ class Client:
                     try:
                         fn(ev)
                     except Exception:  # a handler's bug must not stop event delivery
-                        import logging
-
                         logging.getLogger("hwbridge.client").exception("event handler")
 
 
@@ -474,20 +514,39 @@ def _proxy_class(kind: str) -> Any:
     return getattr(importlib.import_module(f"bridge.drivers.{module}"), cls)
 
 
-def connect(url: str, timeout: float | None = 10.0, max_frame: int | None = None) -> Client:
-    """Connect to a device host: ``hwbridge://HOST[:PORT]`` (or ``hwbridge+unix:///path``)."""
+def connect(url: str, timeout: float | None = 10.0, max_frame: int | None = None, *,
+            tls: ssl.SSLContext | None = None, ca: str | None = None, cert: str | None = None,
+            key: str | None = None, token: str | None = None) -> Client:
+    """Connect to a device host: ``hwbridge://HOST[:PORT]`` (or ``hwbridge+unix:///path``).
+
+    ``hwbridges://`` is TLS 1.3: the host is checked against ``ca`` and this client shows
+    ``cert``/``key`` (or a ready ``tls`` context); a ``token`` is an alternative identity,
+    sent only over TLS. Unset, they come from HWBRIDGE_CA, HWBRIDGE_CERT, HWBRIDGE_KEY and
+    HWBRIDGE_TOKEN.
+    """
     u = parse_url(url)
+    if token is not None and u.scheme != "hwbridges":
+        raise ValueError("a token is sent only over TLS: use a hwbridges:// URL")
+    if token is None and u.scheme == "hwbridges":
+        token = os.environ.get("HWBRIDGE_TOKEN")
     if u.scheme == "hwbridge+unix":
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         sock.connect(u.path)
-    elif u.scheme == "hwbridges":
-        raise NotImplementedError("TLS (hwbridges://) is not built yet")
     else:
         sock = socket.create_connection((u.host, u.port), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
-        client = Client(u, sock, max_frame or 64 * 1024 * 1024)
+        if u.scheme == "hwbridges":
+            if tls is None:
+                from .tls import client_context
+
+                env = os.environ.get
+                cert = cert or env("HWBRIDGE_CERT")
+                tls = client_context(ca or env("HWBRIDGE_CA"), cert,
+                                     key or env("HWBRIDGE_KEY") or None)
+            sock = tls.wrap_socket(sock, server_hostname=u.host)
+        client = Client(u, sock, max_frame or 64 * 1024 * 1024, token)
     except BaseException:
         sock.close()
         raise

@@ -3,6 +3,7 @@
 # reachable. Must not open devices or know about the network.
 from __future__ import annotations
 
+import dataclasses
 import errno
 import tomllib
 from collections.abc import Mapping
@@ -11,8 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from .backend import Access
+from .grants import Policy, parse_policy
 from .ioctl import IoctlSpec, resolve
+from .limits import Limits, parse_limits
 from .protocol import DEFAULT_MAX_FRAME, DEFAULT_PORT
+from .tls import TlsFiles
 
 KINDS = ("node", "serial", "i2c", "spi", "gpio", "usb", "library")
 _COMMON_KEYS = {"kind", "path", "access", "ioctls", "backend", "sim", "description", "file_type"}
@@ -70,14 +74,19 @@ class Manifest:
     unix: str | None = None
     max_frame: int = DEFAULT_MAX_FRAME
     source: str = "<built-in>"
+    # Security (bridge/tls.py, grants.py, limits.py): TLS files, who may use what, limits.
+    tls: TlsFiles | None = None
+    allow_insecure: bool = False  # plain TCP beyond loopback
+    policy: Policy = field(default_factory=Policy)
+    limits: Limits = field(default_factory=Limits)
+    audit: str | None = None  # JSON Lines audit log (bridge/audit.py)
 
     def merged(self, other: Manifest) -> Manifest:
         """This manifest plus ``other``'s devices; a name in both is an error."""
         clash = set(self.devices) & set(other.devices)
         if clash:
             raise ManifestError(f"device names defined twice: {', '.join(sorted(clash))}")
-        return Manifest({**self.devices, **other.devices}, self.listen, self.unix,
-                        self.max_frame, self.source)
+        return dataclasses.replace(self, devices={**self.devices, **other.devices})
 
 
 def load(path: str | Path) -> Manifest:
@@ -93,7 +102,7 @@ def load(path: str | Path) -> Manifest:
 
 def parse(data: Mapping[str, Any], source: str = "<manifest>", base: str = ".") -> Manifest:
     """Validate an already-decoded manifest table."""
-    unknown = set(data) - {"server", "devices"}
+    unknown = set(data) - {"server", "devices", "principals", "grants", "limits"}
     if unknown:
         raise ManifestError(f"{source}: unknown top-level tables: {', '.join(sorted(unknown))}")
     server = data.get("server", {})
@@ -108,7 +117,31 @@ def parse(data: Mapping[str, Any], source: str = "<manifest>", base: str = ".") 
     devices = data.get("devices", {})
     _table(devices, f"{source}: [devices]")
     specs = {name: _device(name, entry, source, base) for name, entry in devices.items()}
-    return Manifest(specs, listen, unix, max_frame, source)
+    try:
+        security = _security(data, server, specs, source, base)
+    except ValueError as e:
+        raise ManifestError(str(e)) from None
+    return Manifest(specs, listen, unix, max_frame, source, **security)
+
+
+def _security(data: Mapping[str, Any], server: Mapping[str, Any],
+              specs: Mapping[str, DeviceSpec], source: str, base: str) -> dict[str, Any]:
+    """The [server] TLS/anonymous/audit keys, [principals], [grants] and [limits]."""
+    tls = server.get("tls")
+    files = None
+    if tls is not None:
+        if not isinstance(tls, dict) or set(tls) != {"cert", "key", "ca"} or not all(
+                isinstance(v, str) for v in tls.values()):
+            raise ValueError(f"{source}: [server] tls = {{cert, key, ca}} (three file paths)")
+        files = TlsFiles(**{k: str(Path(base) / v) for k, v in tls.items()})
+    insecure = server.get("allow_insecure", False)
+    audit = server.get("audit")
+    if type(insecure) is not bool or (audit is not None and not isinstance(audit, str)):
+        raise ValueError(f"{source}: [server] allow_insecure is a boolean, audit a path")
+    return {"tls": files, "allow_insecure": insecure,
+            "policy": parse_policy(data, specs, server, source),
+            "limits": parse_limits(data.get("limits"), source),
+            "audit": None if audit is None else str(Path(base) / audit)}
 
 
 def _table(v: object, where: str) -> None:

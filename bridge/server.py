@@ -9,11 +9,14 @@ import errno
 import logging
 import os
 import socket
+import ssl
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from . import __version__
+from .limits import Deadlines
 from .protocol import (
     FEATURES,
     NEED_DATA,
@@ -26,6 +29,7 @@ from .protocol import (
     negotiate,
 )
 from .session import Host, Session
+from .tls import peer_names, server_context
 
 log = logging.getLogger("hwbridge.server")
 
@@ -54,6 +58,12 @@ class Server:
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self.on_session: Callable[[Session], None] | None = None
+        m = host.manifest
+        self.limits = m.limits
+        self.tls: ssl.SSLContext | None = None if m.tls is None else server_context(
+            m.tls, require_client_cert=not (m.policy.wants_tokens or m.policy.allow_anonymous))
+        self._principals: dict[str, int] = {}  # connections per principal
+        self._handshakes = 0
 
     # -- listening ------------------------------------------------------------------------
 
@@ -115,6 +125,14 @@ class Server:
                     return
                 log.warning("accept failed: %s", e)
                 continue
+            with self._lock:
+                busy = self._handshakes >= self.limits.max_handshakes
+                self._handshakes += not busy
+            if busy:
+                log.warning("%s: more than %d handshakes at once; closed", addr,
+                            self.limits.max_handshakes)
+                sock.close()
+                continue
             t = threading.Thread(target=self._serve_conn, args=(sock, addr), daemon=True,
                                  name="hwbridge-conn")
             t.start()
@@ -129,6 +147,21 @@ class Server:
             self._conns.add(sock)
         conn = Connection(Role.SERVER, self.max_frame)
         send_lock = threading.Lock()
+        deadlines = Deadlines(sock, self.limits)
+        if self.tls is not None:
+            raw = sock
+            try:
+                sock = deadlines.sock = self._start_tls(raw, conn, deadlines)
+            except (OSError, ValueError) as e:
+                log.info("%s: TLS handshake failed: %s", peer, e)
+                self._end_handshake()
+                with self._lock:
+                    self._conns.discard(raw)
+                raw.close()
+                return
+            with self._lock:
+                self._conns.discard(raw)
+                self._conns.add(sock)
 
         def send(msg: Message) -> None:
             with send_lock:
@@ -143,7 +176,7 @@ class Server:
 
         session = Session(self.host, send, peer)
         try:
-            self._run(sock, conn, session, send)
+            self._run(sock, conn, session, send, deadlines)
         except ProtocolError as e:
             log.info("%s: protocol error: %s", peer, e)
             with contextlib.suppress(Exception):
@@ -154,6 +187,10 @@ class Server:
             log.exception("%s: connection failed", peer)
         finally:
             session.close()
+            if not deadlines.handshake_done:
+                self._end_handshake()
+            if deadlines.admitted:
+                self._leave(session)
             with self._lock:
                 self._conns.discard(sock)
             with contextlib.suppress(OSError):
@@ -161,14 +198,21 @@ class Server:
             sock.close()
 
     def _run(self, sock: socket.socket, conn: Connection, session: Session,
-             send: Callable[[Message], None]) -> None:
-        sock.settimeout(HELLO_TIMEOUT)
+             send: Callable[[Message], None], deadlines: Deadlines) -> None:
         greeted = False
         recv = sock.recv
         while True:
             # recv() (not recv_into a per-connection buffer): an idle connection holds no
             # buffer, and the bytes object goes to the protocol core without another copy.
-            chunk = recv(RECV_SIZE)
+            if not greeted:
+                deadlines.handshake()
+            try:
+                chunk = recv(RECV_SIZE)
+            except (BlockingIOError, ssl.SSLWantReadError):
+                if greeted and not conn.buffered() and session._waiting:
+                    continue  # an operation is waiting on a device: not idle
+                log.info("%s: receive deadline passed; closing", session.peer)
+                return
             n = len(chunk)
             conn.receive_data(chunk)
             while True:
@@ -178,14 +222,20 @@ class Server:
                 if ev is None:
                     return
                 if isinstance(ev, Hello):
+                    try:
+                        self._admit(sock, session, ev.info.get("token"), deadlines)
+                    except OSError as e:  # refused: say why, to this client alone
+                        send(Error(0, e.errno or errno.EACCES, e.strerror or str(e)))
+                        log.info("%s: refused: %s", session.peer, e)
+                        return
                     feats = negotiate(FEATURES, ev.features)
                     send(Hello(features=feats, info={
                         "server": f"hwbridge {__version__}",
-                        "devices": self.host.device_list(),
+                        "devices": session.device_list(),
                         "max_frame": self.max_frame,
+                        "principal": session.principal,
                     }))
                     greeted = True
-                    sock.settimeout(None)
                     if self.on_session is not None:
                         self.on_session(session)
                     continue
@@ -193,6 +243,66 @@ class Server:
                 session.handle(ev)
             if n == 0:
                 return
+            if greeted:
+                deadlines.greeted(conn.buffered())
+
+    # -- identity and limits (bridge/tls.py, grants.py, limits.py) -------------------------
+
+    def _start_tls(self, sock: socket.socket, conn: Connection,
+                   deadlines: Deadlines) -> ssl.SSLSocket:
+        """The TLS handshake within the handshake deadline; a plaintext hwbridge client
+        gets a readable refusal instead of a TLS alert."""
+        assert self.tls is not None
+        deadlines.handshake()
+        first = sock.recv(1, socket.MSG_PEEK)
+        # The ssl module keeps one deadline over the whole handshake (SO_RCVTIMEO would
+        # restart with every trickled byte).
+        sock.settimeout(max(deadlines.handshake_end - time.monotonic(), 0.001))
+        if first and first != b"\x16":  # not a TLS handshake record
+            with contextlib.suppress(OSError):
+                sock.sendall(conn.send(Error(0, errno.EPROTO, "this host speaks TLS only: "
+                                                              "connect with hwbridges://"))[0])
+            raise ValueError("plaintext on the TLS port")
+        tls = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        try:
+            tls.do_handshake()
+            tls.settimeout(None)
+        except BaseException:
+            tls.close()
+            raise
+        return tls
+
+    def _admit(self, sock: socket.socket, session: Session, token: object,
+               deadlines: Deadlines) -> None:
+        """Decide who the client is and what it sees; PermissionError refuses it."""
+        policy = self.host.manifest.policy
+        names = peer_names(sock.getpeercert()) if isinstance(sock, ssl.SSLSocket) else []
+        deadlines.handshake_done = True
+        self._end_handshake()
+        who = policy.admit(names, token, isinstance(sock, ssl.SSLSocket))
+        with self._lock:
+            n = self._principals.get(who, 0)
+            if n >= self.limits.max_connections_per_principal:
+                raise ConnectionRefusedError(
+                    errno.ECONNREFUSED, f"{who} has {n} connections to this host already "
+                    f"(limit {self.limits.max_connections_per_principal})")
+            self._principals[who] = n + 1
+        deadlines.admitted = True
+        view = policy.view(who, self.host.manifest.devices)
+        session.principal, session.devices = who, view.devices
+        session.fit = view.fit if view.functions else None
+
+    def _end_handshake(self) -> None:
+        with self._lock:
+            self._handshakes -= 1
+
+    def _leave(self, session: Session) -> None:
+        with self._lock:
+            n = self._principals.get(session.principal, 0) - 1
+            if n > 0:
+                self._principals[session.principal] = n
+            else:
+                self._principals.pop(session.principal, None)
 
 
 def _sendall_vec(sock: socket.socket, bufs: list[bytes | memoryview]) -> None:

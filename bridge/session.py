@@ -9,10 +9,12 @@ import errno
 import importlib
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .backend import Access, Backend, DeviceHandle, NodeHandle, Opened, OpInfo
+from .leases import OPS as _LEASE_OPS
+from .leases import LeaseTable
 from .manifest import DeviceSpec, Manifest
 from .protocol import Batch, BatchError, BatchReply, Call, Error, Event, Message, Ref, Reply
 from .tap import Tap
@@ -22,6 +24,7 @@ log = logging.getLogger("hwbridge.session")
 
 MAX_HANDLES = 1024
 MAX_WAITING = 64  # operations of one connection waiting on a thread at once
+NOW = Deadline(0)  # core ops that could wait (lease) do not, unless the caller says so
 
 
 class Host:
@@ -31,6 +34,7 @@ class Host:
         self.manifest = manifest
         self.backends: dict[str, Backend] = dict(backends or {})
         self.tap: Tap | None = None  # sees every operation (record, faults); see bridge/tap.py
+        self.leases = LeaseTable()  # exclusive leases and fencing (bridge/leases.py)
         self._lock = threading.Lock()
 
     def backend(self, name: str) -> Backend:
@@ -49,6 +53,7 @@ class Host:
         return [spec.public() for spec in self.manifest.devices.values()]
 
     def close(self) -> None:
+        self.leases.close()
         for b in self.backends.values():
             b.close()
 
@@ -69,11 +74,12 @@ def _load_backend(name: str) -> Backend:
 class _Entry:
     """A handle in a connection's table, with its allowed operations bound once."""
 
-    __slots__ = ("handle", "access", "ops")
+    __slots__ = ("handle", "access", "ops", "fenced")
 
     def __init__(self, handle: DeviceHandle, access: Access) -> None:
         self.handle = handle
         self.access = access
+        self.fenced: str | None = None  # why the handle's lease was lost (bridge/leases.py)
         # op name -> (table entry, bound method), only for ops the granted access allows:
         # the hot path is then one dict lookup, no Flag arithmetic, no getattr.
         self.ops: dict[str, tuple[OpInfo, Callable[..., Any]]] = {
@@ -95,6 +101,13 @@ class Session:
         self._lock = threading.Lock()
         self._waiting = 0
         self.closed = False
+        # Who this connection is and what it may see: the transport sets these after the
+        # hello from the host's grants (bridge/grants.py); the default is the whole manifest.
+        self.principal = "anonymous"
+        self.devices: Mapping[str, DeviceSpec] = host.manifest.devices
+        self.fit: Callable[[DeviceHandle], None] | None = None
+        self.max_handles = host.manifest.limits.max_handles
+        self.max_waiting = host.manifest.limits.max_in_flight
 
     # -- entry points ---------------------------------------------------------------------
 
@@ -113,6 +126,23 @@ class Session:
             self.handles.clear()
         for e in entries:
             _close_quietly(e.handle)
+        self.host.leases.drop(self)
+
+    def device_list(self) -> list[dict[str, Any]]:
+        """The devices this connection may see, as the client learns them."""
+        return [spec.public() for spec in self.devices.values()]
+
+    def visible(self, name: object) -> str:
+        """``name`` if this connection may see that device; FileNotFoundError otherwise."""
+        return self._spec(name).name
+
+    def fence(self, device: str, why: str) -> None:
+        """Refuse every later operation on this connection's handles of ``device``."""
+        with self._lock:
+            for e in self.handles.values():
+                if e.handle.spec.name == device and e.fenced is None:
+                    e.ops = {}
+                    e.fenced = why
 
     # -- calls ----------------------------------------------------------------------------
 
@@ -120,6 +150,14 @@ class Session:
         try:
             target = self._resolve(c.op, c.args)
             if target is None:
+                if c.op == "lease":
+                    try:
+                        result = self._core(c.op, c.args, PROBE)
+                    except WouldBlock:
+                        self._wait_on_thread(c, None, None, c.args, _timeout(c.args[2:3] or [None]))
+                        return
+                    self.send(Reply(c.id, result))
+                    return
                 self.send(Reply(c.id, self._core(c.op, c.args)))
                 return
             handle, info, args = target
@@ -139,17 +177,19 @@ class Session:
         except Exception as e:
             self.send(Error(c.id, *self._error(e, c.op, c.args)))
 
-    def _wait_on_thread(self, c: Call, handle: DeviceHandle, info: OpInfo,
+    def _wait_on_thread(self, c: Call, handle: DeviceHandle | None, info: OpInfo | None,
                         args: Sequence[Any], timeout: float | None) -> None:
         with self._lock:
-            if self._waiting >= MAX_WAITING:
-                raise BlockingIOError(errno.EAGAIN, f"more than {MAX_WAITING} waiting operations")
+            if self._waiting >= self.max_waiting:
+                raise BlockingIOError(errno.EAGAIN,
+                                      f"more than {self.max_waiting} waiting operations")
             self._waiting += 1
         deadline = Deadline(timeout)
 
         def run() -> None:
             try:
-                msg: Message = Reply(c.id, _invoke(handle, info, args, deadline))
+                msg: Message = Reply(c.id, self._core(c.op, args, deadline) if info is None
+                                     else _invoke(handle, info, args, deadline))  # type: ignore[arg-type]
             except Exception as e:
                 msg = Error(c.id, *self._error(e, c.op, c.args))
             finally:
@@ -193,8 +233,9 @@ class Session:
 
     def _batch_on_thread(self, b: Batch, start: int, results: list[Any]) -> None:
         with self._lock:
-            if self._waiting >= MAX_WAITING:
-                raise BlockingIOError(errno.EAGAIN, f"more than {MAX_WAITING} waiting operations")
+            if self._waiting >= self.max_waiting:
+                raise BlockingIOError(errno.EAGAIN,
+                                      f"more than {self.max_waiting} waiting operations")
             self._waiting += 1
 
         def run() -> None:
@@ -222,6 +263,8 @@ class Session:
             raise ValueError(f"operation {op!r} needs a handle as its first argument")
         if entry is None:
             raise OSError(errno.EBADF, f"no open handle {args[0]} on this connection")
+        if entry.fenced is not None:
+            raise OSError(errno.ESTALE, f"fenced: {entry.fenced}; open the device again")
         info = type(entry.handle).OPS.get(op)
         if info is None:
             raise OSError(errno.EOPNOTSUPP,
@@ -233,7 +276,9 @@ class Session:
                                   f"{entry.access.text()!r}")
         return entry.handle, info, args[1:]
 
-    def _core(self, op: str, args: Sequence[Any]) -> Any:
+    def _core(self, op: str, args: Sequence[Any], deadline: Deadline = NOW) -> Any:
+        if op in _LEASE_OPS:
+            return self.host.leases.op(self, op, args, deadline)
         if op == "open":
             return self._open(*_arity(op, args, 1, 2))
         if op == "close":
@@ -246,7 +291,7 @@ class Session:
             return None
         if op == "devices":
             _arity(op, args, 0, 0)
-            return self.host.device_list()
+            return self.device_list()
         if op == "info":
             (name,) = _arity(op, args, 1, 1)
             spec = self._spec(name)
@@ -254,7 +299,9 @@ class Session:
         raise AssertionError(op)
 
     def _spec(self, name: object) -> DeviceSpec:
-        spec = self.host.manifest.devices.get(name) if isinstance(name, str) else None
+        spec = self.devices.get(name) if isinstance(name, str) else None
+        if spec is None and name in self.host.manifest.devices:
+            raise PermissionError(errno.EACCES, f"{self.principal} has no grant for {name}")
         if spec is None:
             raise FileNotFoundError(errno.ENOENT, f"no device {name!r} on this host")
         return spec
@@ -266,12 +313,15 @@ class Session:
             raise PermissionError(errno.EACCES, f"the manifest grants {spec.access.text()!r} "
                                                 f"access to {spec.name}, not {want.text()!r}")
         with self._lock:
-            if len(self.handles) >= MAX_HANDLES:
-                raise OSError(errno.EMFILE, f"more than {MAX_HANDLES} open handles")
+            if len(self.handles) >= self.max_handles:
+                raise OSError(errno.EMFILE, f"more than {self.max_handles} open handles")
+        self.host.leases.check_open(self, spec.name)
         backend = self.host.backend(spec.backend)
         tap = self.host.tap
         handle = (backend.open(spec, want) if tap is None
                   else tap.open(spec, want, lambda: backend.open(spec, want)))
+        if self.fit is not None:
+            self.fit(handle)
         return self._register(handle, want)
 
     def _register(self, handle: DeviceHandle, want: Access) -> int:
@@ -283,9 +333,9 @@ class Session:
         if self.host.tap is not None:
             handle._tap = self.host.tap  # type: ignore[attr-defined]
         with self._lock:
-            if len(self.handles) >= MAX_HANDLES:
+            if len(self.handles) >= self.max_handles:
                 _close_quietly(handle)
-                raise OSError(errno.EMFILE, f"more than {MAX_HANDLES} open handles")
+                raise OSError(errno.EMFILE, f"more than {self.max_handles} open handles")
             if self.closed:
                 _close_quietly(handle)
                 raise OSError(errno.ECONNRESET, "connection closed")
@@ -318,7 +368,7 @@ class Session:
         return errno.EIO, f"{where}: internal error: {type(e).__name__}: {e}"
 
 
-_CORE_OPS = frozenset({"open", "close", "devices", "info"})
+_CORE_OPS = frozenset({"open", "close", "devices", "info"}) | _LEASE_OPS
 
 
 def _invoke(handle: DeviceHandle, info: OpInfo, args: Sequence[Any],

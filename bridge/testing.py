@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-_READY = re.compile(r"serving \d+ devices on (hwbridge://\S+)")
+_READY = re.compile(r"serving \d+ devices on (hwbridges?://\S+)")
 
 
 @dataclass
