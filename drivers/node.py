@@ -53,7 +53,7 @@ class Node:
         frame of the host (its ``max_frame``), so a huge buffer never breaks the connection.
         """
         limit = int(self.client.server_info.get("max_frame", 0)) - _FRAME_OVERHEAD
-        if limit > 0 and len(data) > limit:
+        if limit > 0 and isinstance(data, bytes | bytearray | memoryview) and len(data) > limit:
             data = memoryview(data)[:limit]
         return self.client.call("write", [self.handle, data, self.write_timeout])
 
