@@ -174,19 +174,25 @@ def test_thousand_connect_open_vanish_cycles(server: ServerProc) -> None:
     _working(server)
 
 
+def _open_on(sock: socket.socket, conn: Connection, name: str) -> int:
+    """Say hello and open ``name`` over a raw socket; the handle number."""
+    sock.sendall(_frame(conn, Hello()) + _frame(conn, Call(1, "open", [name])))
+    got: list[object] = []
+    while not any(isinstance(m, Reply | Error) for m in got):
+        data = sock.recv(65536)
+        assert data, "the server closed the connection"
+        conn.receive_data(data)
+        while (ev := conn.next_event()) is not NEED_DATA and ev is not None:
+            got.append(ev)
+    reply = got[-1]
+    assert isinstance(reply, Reply) and type(reply.result) is int, reply
+    return reply.result
+
+
 def _open_and_vanish(addr: tuple[str, int], name: str, reset: bool) -> None:
-    conn = Connection(Role.CLIENT)
     sock = socket.create_connection(addr, timeout=10)
     try:
-        sock.sendall(_frame(conn, Hello()) + _frame(conn, Call(1, "open", [name])))
-        got: list[object] = []
-        while not any(isinstance(m, Reply | Error) for m in got):
-            data = sock.recv(65536)
-            assert data, "the server closed the connection"
-            conn.receive_data(data)
-            while (ev := conn.next_event()) is not NEED_DATA and ev is not None:
-                got.append(ev)
-        assert isinstance(got[-1], Reply) and type(got[-1].result) is int
+        _open_on(sock, Connection(Role.CLIENT), name)
         if reset:  # an abortive close: RST instead of FIN
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     finally:
@@ -289,5 +295,25 @@ def test_many_waiting_reads_stall_neither_this_nor_other_clients(
         _working(server)  # another client
         with greedy.open("zero") as z:  # and this connection, for non-blocking work
             assert z.read(3) == bytes(3)
+    _back_to(server, baseline)
+    _working(server)
+
+
+def test_a_client_that_never_reads_stalls_nobody_else(server: ServerProc) -> None:
+    """Replies pile up for a client that does not read; other clients are not affected and
+    the stuck connection is cleaned up when it goes."""
+    baseline = _baseline(server)
+    conn = Connection(Role.CLIENT)
+    sock = socket.create_connection(_addr(server), timeout=10)
+    try:
+        handle = _open_on(sock, conn, "zero")
+        calls = [_frame(conn, Call(i, "read", [handle, 256 * 1024, None]))
+                 for i in range(2, 400)]
+        sock.sendall(b"".join(calls))  # ~100 MiB of replies that nobody reads
+        for _ in range(3):
+            _working(server)
+    finally:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
     _back_to(server, baseline)
     _working(server)
