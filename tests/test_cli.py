@@ -207,3 +207,14 @@ def test_serve_default_is_the_lab_on_a_port() -> None:
             proc.wait(timeout=10)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_serve_on_a_unix_socket(tmp_path: Path, make_server: Callable[..., ServerProc]) -> None:
+    path = tmp_path / "hw.sock"
+    make_server('[devices.zero]\nkind = "node"\npath = "/dev/zero"\n', "--unix", str(path))
+    assert oct(path.stat().st_mode & 0o777) == oct(0o660)
+    with bridge.connect(f"hwbridge+unix://{path}") as host, host.open("zero") as z:
+        assert z.read(5) == bytes(5)
+    r = run("read", "-n", "2", "--hex", f"hwbridge+unix://{path}#zero")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().strip() == "0000"
