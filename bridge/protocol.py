@@ -18,7 +18,7 @@
 #     ERROR        [3, id, errno, message]
 #     BATCH        [4, id, [[op, args], ...]]         args may hold Ref(i): result of op i
 #     BATCH_REPLY  [5, id, [result, ...], error]      error: None or [index, errno, message]
-#     EVENT        [6, topic, handle, payload]
+#     EVENT        [6, topic, handle, payload]   with a data section: it is the payload
 #
 # Values are limited to msgpack's own types plus Ref (ext type 1); no pickle, no eval.
 from __future__ import annotations
@@ -196,7 +196,11 @@ def encode(msg: Message, packer: msgpack.Packer | None = None) -> list[bytes | m
         e = None if err is None else [err.index, err.errno, err.message]
         body = [5, msg.id, list(msg.results), e]
     elif isinstance(msg, Event):
-        body = [6, msg.topic, msg.handle, msg.payload]
+        payload = msg.payload
+        if type(payload) in _BULK and len(payload) >= BULK_MIN:
+            body, data = [6, msg.topic, msg.handle, None], payload
+        else:
+            body = [6, msg.topic, msg.handle, payload]
     elif isinstance(msg, Hello):
         body = [0, msg.version, list(msg.features), {"magic": MAGIC, **msg.info}]
     else:
@@ -251,6 +255,10 @@ def decode_body(body: Value, data: bytes | bytearray | None) -> Message:
                 raise ProtocolError("a reply with a data section has a nil result")
             return Reply(_int(b[1], "reply id"), data)
         return Reply(_int(b[1], "reply id"), b[2])
+    if kind == 6 and n == 4 and data is not None:
+        if b[3] is not None:
+            raise ProtocolError("an event with a data section has a nil payload")
+        return Event(_str(b[1], "event topic"), _int(b[2], "event handle"), data)
     if data is not None:
         raise ProtocolError(f"message type {kind!r} carries no data section")
     if kind == 3 and n == 4:

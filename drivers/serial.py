@@ -49,7 +49,7 @@ class RemoteSerialBase(serial.SerialBase):  # type: ignore[misc]
         self._hid = None
         self._cancel = False
         self._handler = self._on_data
-        client.on_event(self._handler, "serial.data")
+        client.on_event(self._handler, "serial.data", direct=True)
         try:
             with client.batch():
                 h = make_handle() if callable(make_handle) else make_handle
@@ -84,7 +84,7 @@ class RemoteSerialBase(serial.SerialBase):  # type: ignore[misc]
                 "rtscts": bool(self._rtscts), "dsrdtr": bool(self._dsrdtr)}
 
     def _on_data(self, ev: Event) -> None:
-        """Event handler (dispatcher thread): append pushed bytes to the local buffer."""
+        """Event handler (run directly on the reading thread): append pushed bytes."""
         with self._rx_cv:
             if self._hid is None:
                 self._early.append(ev)
