@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .protocol import (
+    BULK_DIRECT,
     NEED_DATA,
     Batch,
     BatchReply,
@@ -377,7 +378,10 @@ class Client:
             raise ConnectionError("connection is broken") from self._broken
         try:
             chunk: bytes | bytearray
-            if self._bulk:
+            rest = self._conn.data_wanted()
+            if rest >= BULK_DIRECT:  # the rest of a large data section, straight into one object
+                chunk = self._sock.recv(rest, socket.MSG_WAITALL)
+            elif self._bulk:
                 chunk = self._sock.recv(self._conn.want(), socket.MSG_WAITALL)
             else:
                 n = self._sock.recv_into(self._buf)

@@ -313,7 +313,7 @@ class Connection:
         # section is collected as the chunks that arrive, so a transport that receives the
         # exact remaining size (want()) hands over the final bytes object with no copy.
         self._stash: Any = None  # decoded body of the frame whose data is being collected
-        self._parts: list[bytes] = []
+        self._parts: list[bytes | bytearray] = []
         self._want = 0
 
     # -- receiving ------------------------------------------------------------------------
@@ -332,7 +332,8 @@ class Connection:
         if self._want:
             need = self._want
             if len(data) <= need:
-                self._parts.append(data if type(data) is bytes else bytes(data))
+                # bytes and handed-over bytearrays are kept as they are; join() copies once
+                self._parts.append(data if type(data) is not memoryview else bytes(data))
                 self._want = need - len(data)
                 return
             with memoryview(data) as mv:
@@ -361,7 +362,8 @@ class Connection:
                 return self._end_or_wait(1)
             parts, self._parts = self._parts, []
             body, self._stash = self._stash, None
-            return self._finish(body, parts[0] if len(parts) == 1 else b"".join(parts))
+            one = parts[0] if len(parts) == 1 and type(parts[0]) is bytes else None
+            return self._finish(body, one if one is not None else b"".join(parts))
         buf, pos = self._buf, self._pos
         avail = len(buf) - pos
         if avail < 8:
@@ -430,6 +432,10 @@ class Connection:
     def buffered(self) -> int:
         """Bytes of a frame that started arriving and is not complete; 0 between frames."""
         return len(self._buf) - self._pos + (self._stash is not None)
+
+    def data_wanted(self) -> int:
+        """Bytes still missing from a large data section being collected (0 if none)."""
+        return self._want
 
     def want(self) -> int:
         """Bytes that complete the next piece (header, body, or data section) exactly.
