@@ -321,6 +321,8 @@ class Client:
         self._send(Hello(info={"token": token} if token is not None else {}))
         info = self._wait(p)
         self.server_info = info
+        if type(info.get("max_frame")) is int:
+            self._conn.send_limit = info["max_frame"]
         devs = info.get("devices", [])
         self._kinds: dict[str, str] = {d["name"]: d["kind"] for d in devs}
         self._described: dict[str, dict[str, Any]] = {d["name"]: d for d in devs}
@@ -329,7 +331,11 @@ class Client:
         with self._send_lock:
             if self._broken is not None:
                 raise ConnectionError("connection is broken") from self._broken
-            bufs = self._conn.send(msg)
+            try:
+                bufs = self._conn.send(msg)
+            except ValueError:  # too large for the host: fail this call, keep the connection
+                self._pending.pop(getattr(msg, "id", -1), None)
+                raise
             try:
                 if len(bufs) == 1:
                     self._sock.sendall(bufs[0])

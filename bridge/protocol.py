@@ -302,6 +302,8 @@ class Connection:
     def __init__(self, role: Role, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self.role = role
         self.max_frame = max_frame
+        #: The largest frame the peer accepts (from its hello); checked before sending.
+        self.send_limit = max_frame
         self.state = State.HELLO
         self.peer_hello: Hello | None = None
         self._buf: bytes | bytearray = b""
@@ -491,8 +493,9 @@ class Connection:
         """Bytes (one or two buffers, for a gather write) that carry ``msg`` to the peer."""
         bufs = encode(msg, self._packer)
         size = len(bufs[0]) - 8 + (len(bufs[1]) if len(bufs) > 1 else 0)
-        if size > self.max_frame:
-            raise ValueError(f"message of {size} bytes exceeds the frame limit {self.max_frame}")
+        if size > self.send_limit:
+            raise ValueError(f"message of {size} bytes exceeds the peer's frame limit "
+                             f"of {self.send_limit} bytes")
         return bufs
 
 

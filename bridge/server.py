@@ -35,6 +35,7 @@ log = logging.getLogger("hwbridge.server")
 
 RECV_SIZE = 64 * 1024
 HELLO_TIMEOUT = 10.0
+SHUTDOWN_GRACE = 10.0  # seconds shutdown() waits for connections to close their handles
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -57,6 +58,7 @@ class Server:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._conn_threads: set[threading.Thread] = set()
         self.on_session: Callable[[Session], None] | None = None
         m = host.manifest
         self.limits = m.limits
@@ -114,6 +116,13 @@ class Server:
                 c.shutdown(socket.SHUT_RDWR)
         for t in self._threads:
             t.join(timeout=2)
+        # Each connection thread closes its handles on the way out: wait for all of them
+        # (bounded), so a stopped server has released every device.
+        end = time.monotonic() + SHUTDOWN_GRACE
+        with self._lock:
+            live = list(self._conn_threads)
+        for t in live:
+            t.join(timeout=max(0.0, end - time.monotonic()))
         self.host.close()
 
     def _accept_loop(self, listener: socket.socket) -> None:
@@ -135,6 +144,8 @@ class Server:
                 continue
             t = threading.Thread(target=self._serve_conn, args=(sock, addr), daemon=True,
                                  name="hwbridge-conn")
+            with self._lock:
+                self._conn_threads.add(t)
             t.start()
 
     # -- one connection -------------------------------------------------------------------
@@ -193,6 +204,7 @@ class Server:
                 self._leave(session)
             with self._lock:
                 self._conns.discard(sock)
+                self._conn_threads.discard(threading.current_thread())
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()

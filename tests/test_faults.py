@@ -333,9 +333,6 @@ class _SlowClose(ZeroNode):
         super().close()
 
 
-@pytest.mark.xfail(strict=True, reason="Server.shutdown does not wait for connection threads:"
-                   " it returns (and `hwbridge serve` exits) while live connections are still"
-                   " closing their handles")
 def test_shutdown_closes_every_handle_before_returning() -> None:
     register("slow-close-zero", _SlowClose)
     host = Host(parse({"devices": {"slow": {"kind": "node", "sim": "slow-close-zero"}}}))

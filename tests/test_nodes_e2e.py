@@ -230,8 +230,6 @@ def test_write_larger_than_a_frame_is_short_not_fatal(host: bridge.Client) -> No
         assert dev.write(b"y" * 10) == 10  # the connection is intact
 
 
-@pytest.mark.xfail(strict=True, reason="client.py sends frames larger than the host's "
-                   "max_frame (it uses its own 64 MiB limit): the host drops the connection")
 def test_oversized_call_fails_locally_and_keeps_the_connection(host: bridge.Client) -> None:
     limit = host.server_info["max_frame"]
     with host.open("null") as dev:
