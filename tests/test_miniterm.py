@@ -12,9 +12,9 @@ import time
 
 from bridge.testing import ServerProc
 
-# miniterm does not import bridge; `import bridge` registers the hwbridge:// handler first.
-RUN = ("import sys, runpy, bridge; sys.argv[0] = 'miniterm'; "
-       "runpy.run_module('serial.tools.miniterm', run_name='__main__', alter_sys=True)")
+# Exactly what a user types: `python -m serial.tools.miniterm hwbridge://...`. miniterm never
+# imports bridge; hwbridge.pth (installed with the package) teaches pyserial the URL.
+RUN = ("-m", "serial.tools.miniterm")
 
 
 def _read_until(fd: int, needle: bytes, seconds: float = 10) -> bytes:
@@ -39,7 +39,7 @@ def _wait_raw(fd: int, seconds: float = 10) -> None:
 
 def test_miniterm_echoes_through_the_loopback(lab: ServerProc) -> None:
     master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-c", RUN, f"{lab.url}/uart0", "115200",
+    proc = subprocess.Popen([sys.executable, *RUN, f"{lab.url}/uart0", "115200",
                              "--raw", "--eol", "LF"],
                             stdin=slave, stdout=slave, stderr=slave, close_fds=True)
     os.close(slave)
@@ -63,7 +63,7 @@ def test_miniterm_echoes_through_the_loopback(lab: ServerProc) -> None:
 def test_miniterm_shows_only_what_the_device_sends(lab: ServerProc) -> None:
     """The control: instr0 does not echo, so the typed request must not appear."""
     master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-c", RUN, f"{lab.url}/instr0", "--raw",
+    proc = subprocess.Popen([sys.executable, *RUN, f"{lab.url}/instr0", "--raw",
                              "--eol", "LF"], stdin=slave, stdout=slave, stderr=slave,
                             close_fds=True)
     os.close(slave)
@@ -80,3 +80,11 @@ def test_miniterm_shows_only_what_the_device_sends(lab: ServerProc) -> None:
             proc.kill()
             proc.wait()
         os.close(master)
+
+
+def test_the_pth_hook_registers_hwbridge_urls_without_importing_bridge() -> None:
+    code = ("import sys; assert 'bridge' not in sys.modules; import serial; "
+            "print(serial.protocol_handler_packages)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert "bridge.drivers" in out
