@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/python -m bridge.demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check bridge drivers sim hil tests bench
+	$(BIN)/ruff check bridge drivers sim hil tests bench setup.py _hwbridge_serial_hook.py
 	$(BIN)/mypy
 
 # Debian packages the kernel-interface tiers need (umockdev emulates /dev/i2c-*, /dev/spidev*;
