@@ -69,6 +69,9 @@ class DeviceHandle(abc.ABC):
 
     kind: ClassVar[str] = ""
     OPS: ClassVar[Mapping[str, OpInfo]] = {}
+    closed: bool = False
+    #: The host's tap (record, faults) when one is installed; see bridge/tap.py.
+    _tap: Any = None
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)

@@ -134,8 +134,14 @@ def test_oversize_frame_ends_only_that_client(server: ServerProc,
                                               witness: bridge.Client) -> None:
     c = bridge.connect(server.url)
     h = c.call("open", ["null"])
+    # The client knows the host's limit from the hello: refused locally, connection kept.
+    with pytest.raises(ValueError, match="frame limit of 16384"):
+        c.call("write", [h, b"x" * 20000, None])
+    assert c.call("write", [h, b"x", None]) == 1
+    # A client that ignores the limit is cut off by the host, and only that client.
+    c._conn.send_limit = 1 << 30
     with pytest.raises(bridge.ProtocolError, match="exceeds the limit of 16384"):
-        c.call("write", [h, b"x" * 20000, None])  # what the node proxy would split
+        c.call("write", [h, b"x" * 20000, None])
     c.close()
     s = _raw(server)
     s.sendall(_hello_bytes() + HEADER.pack(0xFFFFFFF0, 0xFFFFFFF0))
