@@ -21,7 +21,7 @@ EPILOG = "URLs: hwbridge://HOST[:PORT][/DEVICE] (default port 7420)."
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `hwbridge` console script."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_hoist_hex(list(sys.argv[1:] if argv is None else argv)))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
@@ -32,6 +32,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         print(f"hwbridge: {e}", file=sys.stderr)
         return 1
+
+
+def _hoist_hex(argv: list[str]) -> list[str]:
+    """Move `--hex` of `write`/`ioctl` before their positionals.
+
+    argparse fills an optional positional (DATA, ARG) as empty when a flag follows the one
+    before it, so `hwbridge write URL --hex 00ff` would fail; users write flags anywhere.
+    """
+    for i, word in enumerate(argv):
+        if word in ("write", "ioctl"):
+            rest = argv[i + 1:]
+            if "--hex" in rest:
+                rest.remove("--hex")
+                return [*argv[:i + 1], "--hex", *rest]
+            break
+    return argv
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -218,3 +218,11 @@ def test_serve_on_a_unix_socket(tmp_path: Path, make_server: Callable[..., Serve
     r = run("read", "-n", "2", "--hex", f"hwbridge+unix://{path}#zero")
     assert r.returncode == 0, r.stderr
     assert r.stdout.decode().strip() == "0000"
+
+
+def test_hex_flag_may_follow_the_positionals(url: str) -> None:
+    assert run("write", f"{url}/null", "--hex", "00ff10").returncode == 0
+    r = run("ioctl", f"{url}/pty", "TIOCSWINSZ", "--hex", struct.pack("4H", 1, 2, 3, 4).hex())
+    assert r.returncode == 0, r.stderr
+    r = run("ioctl", f"{url}/pty", "TIOCGWINSZ")
+    assert r.stdout.decode().strip() == struct.pack("4H", 1, 2, 3, 4).hex()
