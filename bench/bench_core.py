@@ -223,8 +223,17 @@ def _batch_over_delay(url: str) -> Row:
                "", note=f"goal <= RTT + 5 ms: {'yes' if best <= rtt + 0.005 else 'NO'}")
 
 
+IDLE_MANIFEST = """
+[limits]
+max_connections_per_principal = 2000
+[devices.zero]
+kind = "node"
+sim = "zero"
+"""
+
+
 def _rss(url: str) -> list[Row]:
-    srv = start_server()
+    srv = start_server(IDLE_MANIFEST)
     try:
         time.sleep(0.3)
         idle = srv.rss_kib() / 1024
