@@ -157,6 +157,7 @@ def _ca_issue(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from . import audit
     from .manifest import load
     from .server import Server, parse_listen
     from .session import Host
@@ -172,6 +173,7 @@ def _serve(args: argparse.Namespace) -> int:
     host = Host(manifest)
     host.prepare()
     host.tap = _tap(manifest, args.record)
+    audit.install(host)  # [server] audit: outermost tap, lease and token hooks
     server = Server(host)
     h, port = parse_listen(args.listen or manifest.listen)
     check_listen(h, manifest.tls is not None, manifest.allow_insecure)

@@ -207,6 +207,29 @@ class Client:
         result: list[dict[str, Any]] = self.call("leases", [])
         return result
 
+    def share(self, handle: Any, access: str | None = None, ioctls: list[str | int] | None = None,
+              functions: list[str] | None = None, ttl: float | None = None) -> bytes:
+        """A capability token for ``handle`` (a proxy or handle number) narrowed to
+        ``access``, ``ioctls`` and ``functions`` (None keeps the handle's own), valid for
+        ``ttl`` seconds (None: until revoked). Another connection to this host passes it
+        to :meth:`adopt`. Asking for more than the handle has is PermissionError."""
+        h = getattr(handle, "handle", handle)
+        token: bytes = self.call("share", [h, access, ioctls, functions, ttl])
+        return token
+
+    def adopt(self, token: bytes | str) -> Any:
+        """Open the device a capability token names, with the token's rights; returns the
+        proxy for its kind. ``token`` is the bytes :meth:`share` returned, or their hex."""
+        raw = bytes.fromhex(token) if isinstance(token, str) else bytes(token)
+        got = self.call("adopt", [raw])
+        return _proxy_class(got["kind"])(self, got["device"], got["handle"], got["info"])
+
+    def revoke(self, token: bytes | str) -> bool:
+        """Revoke a token this connection made: every handle adopted through it (and
+        through tokens made from those) is fenced. False if it was not live any more."""
+        raw = bytes.fromhex(token) if isinstance(token, str) else bytes(token)
+        return bool(self.call("revoke", [raw]))
+
     def batch(self) -> BatchContext:
         """Group operations into one round trip: ``with host.batch(): ...``."""
         return BatchContext(self)
@@ -261,7 +284,23 @@ class Client:
                 return self._wait(p)
             finally:
                 self._bulk -= 1
-        self._send(Call(rid, op, args))
+        sent = False
+        with self._send_lock:
+            try:
+                raw = self._conn.call_bytes(rid, op, args if type(args) is list else
+                                            list(args))
+            except ValueError:  # too large for the host: fail this call, keep the connection
+                self._pending.pop(rid, None)
+                raise
+            if raw is not None and self._broken is None:
+                try:
+                    self._sock.sendall(raw)
+                except OSError as e:
+                    self._fail_all(e)
+                    raise
+                sent = True
+        if not sent:
+            self._send(Call(rid, op, args))
         return self._wait(p)
 
     def submit(self, op: str, args: Sequence[Any],

@@ -62,6 +62,9 @@ class LeaseTable:
     _tokens: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _reaper: threading.Thread | None = None
     _stopped: bool = False
+    #: Called as audit(event, holder, device, detail) for acquire/release/expire, when the
+    #: host keeps an audit log (bridge/audit.py).
+    audit: Any = None
 
     # -- the wire ops ---------------------------------------------------------------------
 
@@ -131,8 +134,10 @@ class LeaseTable:
         """Give the lease back; the next in line gets it."""
         with self._cv:
             self._expire(time.monotonic())
-            self._mine(who, device, token)
+            cur = self._mine(who, device, token)
             del self._held[device]
+            if self.audit is not None:
+                self.audit("release", who, device, f"token {cur.token}")
             self._cv.notify_all()
 
     def holders(self) -> list[dict[str, Any]]:
@@ -144,12 +149,13 @@ class LeaseTable:
 
     # -- hooks for the session ------------------------------------------------------------
 
-    def check_open(self, who: Holder, device: str) -> None:
-        """Refuse to open a device leased by someone else; remember who uses it."""
+    def check_open(self, who: Holder, device: str, delegate: object = None) -> None:
+        """Refuse to open a device leased by someone else (but ``delegate``, the holder
+        that handed ``who`` a capability token); remember who uses it."""
         with self._cv:
             self._expire(time.monotonic())
             cur = self._held.get(device)
-            if cur is not None and cur.holder is not who:
+            if cur is not None and cur.holder is not who and cur.holder is not delegate:
                 raise OSError(errno.EBUSY, f"leased by {_who(cur.holder)} (token {cur.token})")
             self._users.setdefault(device, weakref.WeakSet()).add(who)
 
@@ -157,7 +163,9 @@ class LeaseTable:
         """The connection ended: release its leases and leave every queue."""
         with self._cv:
             for device in [d for d, ls in self._held.items() if ls.holder is who]:
-                del self._held[device]
+                lease = self._held.pop(device)
+                if self.audit is not None:
+                    self.audit("release", who, device, f"token {lease.token}: disconnected")
             for users in self._users.values():
                 users.discard(who)
             self._cv.notify_all()
@@ -177,6 +185,8 @@ class LeaseTable:
     def _grant(self, who: Holder, device: str, ttl: float) -> dict[str, Any]:
         lease = _Lease(device, who, next(self._tokens), ttl, time.monotonic() + ttl)
         self._held[device] = lease
+        if self.audit is not None:
+            self.audit("acquire", who, device, f"token {lease.token}, ttl {ttl:g} s")
         for other in list(self._users.get(device, ())):
             if other is not who:
                 other.fence(device, f"{device}: leased by {_who(who)} (token {lease.token})")
@@ -199,6 +209,8 @@ class LeaseTable:
         for device, lease in list(self._held.items()):
             if lease.expires <= now:
                 del self._held[device]
+                if self.audit is not None:
+                    self.audit("expire", lease.holder, device, f"token {lease.token}")
                 lease.holder.fence(device, f"{device}: the lease (token {lease.token}) "
                                            "expired: it was not renewed in time")
                 self._cv.notify_all()

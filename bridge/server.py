@@ -25,6 +25,7 @@ from .protocol import (
     Hello,
     Message,
     ProtocolError,
+    Reply,
     Role,
     negotiate,
 )
@@ -165,6 +166,10 @@ class Server:
                 sock = deadlines.sock = self._start_tls(raw, conn, deadlines)
             except (OSError, ValueError) as e:
                 log.info("%s: TLS handshake failed: %s", peer, e)
+                if self.host.audit is not None:
+                    self.host.audit.write("connect", principal="", peer=peer, op="refuse",
+                                          detail=f"TLS handshake failed: {e}", allowed=False,
+                                          errno=errno.EACCES)
                 self._end_handshake()
                 with self._lock:
                     self._conns.discard(raw)
@@ -185,7 +190,22 @@ class Server:
                 except OSError:
                     pass  # the peer went away; the read side notices and cleans up
 
-        session = Session(self.host, send, peer)
+        def reply(rid: int, result: Any) -> None:
+            with send_lock:
+                raw = conn.reply_bytes(rid, result)
+                if raw is None:
+                    bufs = conn.send(Reply(rid, result))
+                try:
+                    if raw is not None:
+                        sock.sendall(raw)
+                    elif len(bufs) == 1:
+                        sock.sendall(bufs[0])
+                    else:
+                        _sendall_vec(sock, bufs)
+                except OSError:
+                    pass  # the peer went away; the read side notices and cleans up
+
+        session = Session(self.host, send, peer, reply=reply)
         try:
             self._run(sock, conn, session, send, deadlines)
         except ProtocolError as e:
@@ -237,9 +257,11 @@ class Server:
                     try:
                         self._admit(sock, session, ev.info.get("token"), deadlines)
                     except OSError as e:  # refused: say why, to this client alone
+                        self._audit(session, "refuse", e.strerror or str(e), e.errno)
                         send(Error(0, e.errno or errno.EACCES, e.strerror or str(e)))
                         log.info("%s: refused: %s", session.peer, e)
                         return
+                    self._audit(session, "admit", "TLS" if self.tls else "plain", 0)
                     feats = negotiate(FEATURES, ev.features)
                     send(Hello(features=feats, info={
                         "server": f"hwbridge {__version__}",
@@ -303,6 +325,13 @@ class Server:
         view = policy.view(who, self.host.manifest.devices)
         session.principal, session.devices = who, view.devices
         session.fit = view.fit if view.functions else None
+
+    def _audit(self, session: Session, op: str, detail: str, err: int | None) -> None:
+        a = self.host.audit
+        if a is not None:
+            who = session.principal if op == "admit" else ""  # a refused client is nobody
+            a.write("connect", principal=who, peer=session.peer, op=op,
+                    detail=detail, allowed=op == "admit", errno=err or 0)
 
     def _end_handshake(self) -> None:
         with self._lock:

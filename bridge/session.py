@@ -12,11 +12,14 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from .audit import AuditLog, describe, outcome
 from .backend import Access, Backend, DeviceHandle, NodeHandle, Opened, OpInfo
 from .leases import OPS as _LEASE_OPS
 from .leases import LeaseTable
 from .manifest import DeviceSpec, Manifest
 from .protocol import Batch, BatchError, BatchReply, Call, Error, Event, Message, Ref, Reply
+from .shares import OPS as _SHARE_OPS
+from .shares import Share, ShareTable
 from .tap import Tap
 from .timeout import PROBE, Deadline, WouldBlock
 
@@ -35,6 +38,8 @@ class Host:
         self.backends: dict[str, Backend] = dict(backends or {})
         self.tap: Tap | None = None  # sees every operation (record, faults); see bridge/tap.py
         self.leases = LeaseTable()  # exclusive leases and fencing (bridge/leases.py)
+        self.shares = ShareTable()  # capability tokens (bridge/shares.py)
+        self.audit: AuditLog | None = None  # the audit log, when configured (bridge/audit.py)
         self._lock = threading.Lock()
 
     def backend(self, name: str) -> Backend:
@@ -56,6 +61,8 @@ class Host:
         self.leases.close()
         for b in self.backends.values():
             b.close()
+        if self.audit is not None:
+            self.audit.close()
 
 
 # Backends by name: (module, class). Imported on first use, so a host without a kind's
@@ -74,12 +81,14 @@ def _load_backend(name: str) -> Backend:
 class _Entry:
     """A handle in a connection's table, with its allowed operations bound once."""
 
-    __slots__ = ("handle", "access", "ops", "fenced")
+    __slots__ = ("handle", "access", "ops", "fenced", "shares", "origin")
 
     def __init__(self, handle: DeviceHandle, access: Access) -> None:
         self.handle = handle
         self.access = access
         self.fenced: str | None = None  # why the handle's lease was lost (bridge/leases.py)
+        self.shares: list[Share] | None = None  # tokens made from this handle (shares.py)
+        self.origin: Share | None = None  # the token this handle was adopted through
         # op name -> (table entry, bound method), only for ops the granted access allows:
         # the hot path is then one dict lookup, no Flag arithmetic, no getattr.
         self.ops: dict[str, tuple[OpInfo, Callable[..., Any]]] = {
@@ -92,9 +101,13 @@ class _Entry:
 class Session:
     """The per-connection handle table and dispatcher."""
 
-    def __init__(self, host: Host, send: Callable[[Message], None], peer: str = "?") -> None:
+    def __init__(self, host: Host, send: Callable[[Message], None], peer: str = "?",
+                 reply: Callable[[int, Any], None] | None = None) -> None:
         self.host = host
         self.send = send
+        # The transport's fast way to send Reply(id, result); the same as send() otherwise.
+        self.reply: Callable[[int, Any], None] = (
+            reply if reply is not None else lambda rid, result: send(Reply(rid, result)))
         self.peer = peer
         self.handles: dict[int, _Entry] = {}
         self._next = 1
@@ -125,6 +138,8 @@ class Session:
             entries = list(self.handles.values())
             self.handles.clear()
         for e in entries:
+            if e.shares or e.origin:
+                self._forget(e, f"{e.handle.spec.name}: the connection that shared it ended")
             _close_quietly(e.handle)
         self.host.leases.drop(self)
 
@@ -138,11 +153,104 @@ class Session:
 
     def fence(self, device: str, why: str) -> None:
         """Refuse every later operation on this connection's handles of ``device``."""
+        fenced = []
         with self._lock:
             for e in self.handles.values():
                 if e.handle.spec.name == device and e.fenced is None:
                     e.ops = {}
                     e.fenced = why
+                    fenced.append(e)
+        if fenced and self.host.audit is not None:
+            self._audit("lease", "fence", device, why, False, errno.ESTALE)
+        for e in fenced:
+            if e.shares:
+                self._forget(e, why)
+
+    # -- capability tokens (bridge/shares.py) ---------------------------------------------
+
+    def entry(self, hid: object) -> _Entry:
+        """The live entry of handle ``hid``: EBADF if there is none, ESTALE if fenced."""
+        entry = self.handles.get(hid) if type(hid) is int else None
+        if entry is None:
+            raise OSError(errno.EBADF, f"no open handle {hid!r} on this connection")
+        if entry.fenced is not None:
+            raise OSError(errno.ESTALE, f"fenced: {entry.fenced}")
+        return entry
+
+    def adopt_open(self, share: Share) -> int:
+        """Open the device of ``share`` anew, with the token's rights instead of a grant."""
+        spec = share.spec
+        with self._lock:
+            if len(self.handles) >= self.max_handles:
+                raise OSError(errno.EMFILE, f"more than {self.max_handles} open handles")
+        self.host.leases.check_open(self, spec.name, delegate=share.owner)
+        backend = self.host.backend(spec.backend)
+        tap = self.host.tap
+        handle = (backend.open(spec, share.access) if tap is None
+                  else tap.open(spec, share.access, lambda: backend.open(spec, share.access)))
+        sigs = getattr(handle, "sigs", None)
+        if share.functions is not None and isinstance(sigs, dict):
+            handle.sigs = {k: v for k, v in sigs.items() if k in share.functions}  # type: ignore[attr-defined]
+        hid = self._register(handle, share.access)
+        entry = self.handles.get(hid)
+        if entry is None or not self.host.shares.attach(share, self, entry):
+            if entry is not None:
+                self.revoked(entry, share.revoked or "revoked")
+            raise PermissionError(errno.EACCES, f"{spec.name}: the token was revoked")
+        entry.origin = share
+        if self.host.audit is not None:
+            self._audit("adopt", "adopt", spec.name, f"access={share.access.text()} from "
+                        f"{share.owner.principal}@{share.owner.peer}", True, 0)
+        return hid
+
+    def revoked(self, entry: _Entry, why: str) -> None:
+        """Fence ``entry`` for good (its token is gone) and close its device."""
+        with self._lock:
+            entry.ops = {}
+            entry.fenced = why
+        _close_quietly(entry.handle)
+        if self.host.audit is not None:
+            self._audit("share", "fence", entry.handle.spec.name, why, False, errno.ESTALE)
+        if entry.shares:
+            self._forget(entry, why)
+
+    def _forget(self, entry: _Entry, why: str) -> None:
+        """``entry`` is going away: revoke the tokens made from it, leave its own token."""
+        shares, entry.shares = entry.shares or [], None
+        for share in shares:
+            self.host.shares.revoke(share, why)
+        if entry.origin is not None:
+            self.host.shares.detach(entry.origin, entry)
+
+    # -- audit (bridge/audit.py; called only when the log is configured) ------------------
+
+    def _audit(self, event: str, op: str, device: str, detail: str, allowed: bool,
+               err: int) -> None:
+        if self.host.audit is not None:
+            self.host.audit.write(event, principal=self.principal, peer=self.peer,
+                                  device=device, op=op, detail=detail, allowed=allowed,
+                                  errno=err)
+
+    def _audit_share(self, args: Sequence[Any]) -> None:
+        e = self.handles.get(args[0])
+        keys = ("access", "ioctls", "functions", "ttl")
+        rights = ", ".join(f"{k}={v}" for k, v in zip(keys, args[1:], strict=False)
+                           if v is not None)
+        self._audit("share", "share", "" if e is None else e.handle.spec.name, rights, True, 0)
+
+    def _audit_error(self, e: BaseException, op: str, args: Sequence[Any],
+                     device: str) -> None:
+        """Every denial, and every failed open or adoption."""
+        allowed, err = outcome(e)
+        if allowed and op not in ("open", "adopt"):
+            return
+        event = op if op in ("open", "ioctl", "call", "share", "adopt", "revoke") else "op"
+        detail = str(e.strerror if isinstance(e, OSError) and e.strerror else e)
+        if op in ("ioctl", "call") and len(args) > 1:
+            detail = f"{describe(op, args[1:])}: {detail}"
+        elif op == "open" and len(args) > 1:
+            detail = f"access={args[1]}: {detail}"
+        self._audit(event, op, device, detail, allowed, err)
 
     # -- calls ----------------------------------------------------------------------------
 
@@ -157,10 +265,9 @@ class Session:
                 info, fn = bound
                 if not info.blocking:
                     result = fn(*args[1:])
-                    if type(result) is not Opened:
-                        self.send(Reply(c.id, result))
-                        return
-                    self.send(Reply(c.id, _registered(entry.handle, result)))
+                    if type(result) is Opened:
+                        result = _registered(entry.handle, result)
+                    self.reply(c.id, result)
                     return
                 t = args[-1] if len(args) > 1 else 0
                 if t is None or (type(t) is float or type(t) is int) and t > 0:
@@ -171,7 +278,7 @@ class Session:
                     else:
                         if type(result) is Opened:
                             result = _registered(entry.handle, result)
-                        self.send(Reply(c.id, result))
+                        self.reply(c.id, result)
                         return
             target = self._resolve(c.op, c.args)
             if target is None:
@@ -304,6 +411,11 @@ class Session:
     def _core(self, op: str, args: Sequence[Any], deadline: Deadline = NOW) -> Any:
         if op in _LEASE_OPS:
             return self.host.leases.op(self, op, args, deadline)
+        if op in _SHARE_OPS:
+            result = self.host.shares.op(self, op, args)
+            if op == "share" and self.host.audit is not None:
+                self._audit_share(args)
+            return result
         if op == "open":
             return self._open(*_arity(op, args, 1, 2))
         if op == "close":
@@ -312,6 +424,8 @@ class Session:
                 entry = self.handles.pop(hid, None) if type(hid) is int else None
             if entry is None:
                 raise OSError(errno.EBADF, f"no open handle {hid!r} on this connection")
+            if entry.shares or entry.origin:
+                self._forget(entry, f"{entry.handle.spec.name}: the shared handle was closed")
             entry.handle.close()
             return None
         if op == "devices":
@@ -347,7 +461,10 @@ class Session:
                   else tap.open(spec, want, lambda: backend.open(spec, want)))
         if self.fit is not None:
             self.fit(handle)
-        return self._register(handle, want)
+        hid = self._register(handle, want)
+        if self.host.audit is not None:
+            self._audit("open", "open", spec.name, f"access={want.text()}", True, 0)
+        return hid
 
     def _register(self, handle: DeviceHandle, want: Access) -> int:
         """Put an open handle into this connection's table; its number goes to the client."""
@@ -377,12 +494,17 @@ class Session:
     def _error(self, e: BaseException, op: str, args: Sequence[Any]) -> tuple[int, str]:
         """errno and message for an exception raised while running ``op``."""
         where = op
-        if args and type(args[0]) is int and op not in _CORE_OPS:
+        device = ""
+        if args and type(args[0]) is int and (op not in _CORE_OPS or op == "share"):
             entry = self.handles.get(args[0])
             if entry is not None:
-                where = f"{entry.handle.spec.name}: {op}"
+                device = entry.handle.spec.name
+                where = f"{device}: {op}"
         elif op in ("open", "info") and args and isinstance(args[0], str):
-            where = f"{args[0]}: {op}"
+            device = args[0]
+            where = f"{device}: {op}"
+        if self.host.audit is not None:
+            self._audit_error(e, op, args, device)
         if isinstance(e, OSError) and e.errno:
             return e.errno, f"{where}: {e.strerror or e}"
         if isinstance(e, TimeoutError):
@@ -393,7 +515,7 @@ class Session:
         return errno.EIO, f"{where}: internal error: {type(e).__name__}: {e}"
 
 
-_CORE_OPS = frozenset({"open", "close", "devices", "info"}) | _LEASE_OPS
+_CORE_OPS = frozenset({"open", "close", "devices", "info"}) | _LEASE_OPS | _SHARE_OPS
 
 
 def _invoke(handle: DeviceHandle, info: OpInfo, args: Sequence[Any],

@@ -86,6 +86,16 @@ class Node:
 
         return self.client.call("ioctl", [self.handle, request, wire], convert)
 
+    def share(self, access: str | None = None, ioctls: list[str | int] | None = None,
+              ttl: float | None = None) -> bytes:
+        """A capability token for this handle, narrowed (e.g. ``access="r"``); another
+        connection calls ``host.adopt(token)``. See :meth:`bridge.client.Client.share`."""
+        return self.client.share(self, access, ioctls, None, ttl)
+
+    def revoke(self, token: bytes | str) -> bool:
+        """Revoke a token made from this handle: handles adopted through it are fenced."""
+        return self.client.revoke(token)
+
     def close(self) -> None:
         """Release the handle on the host (idempotent)."""
         if not self.closed:
