@@ -242,8 +242,11 @@ def decode_body(body: Value, data: bytes | bytearray | None) -> Message:
         raise ProtocolError("empty frame body")
     kind = b[0]
     n = len(b)
-    if kind == 2 and n == 3 and data is None and type(b[1]) is int:
+    if n == 3 and kind == 2 and data is None and type(b[1]) is int:
         return Reply(b[1], b[2])
+    if n == 4 and kind == 1 and data is None and type(b[1]) is int and type(b[2]) is str \
+            and type(b[3]) is list:
+        return Call(b[1], b[2], b[3])
     if kind == 1 and n == 4:
         args = _list(b[3], "args")
         if data is not None:
@@ -488,6 +491,27 @@ class Connection:
         raise ProtocolError(why)
 
     # -- sending --------------------------------------------------------------------------
+
+    def call_bytes(self, id: int, op: str, args: list[Value]) -> bytes | None:
+        """The frame of ``Call(id, op, args)`` as one bytes object; None when the call
+        needs the general path (a bulk last argument). The hot path of every client call."""
+        if args and type(args[-1]) in _BULK and len(args[-1]) >= BULK_MIN:
+            return None
+        raw: bytes = self._packer.pack([1, id, op, args])
+        if len(raw) > self.send_limit:
+            raise ValueError(f"message of {len(raw)} bytes exceeds the peer's frame limit "
+                             f"of {self.send_limit} bytes")
+        return _pack_header(len(raw), 0) + raw
+
+    def reply_bytes(self, id: int, result: Value) -> bytes | None:
+        """The frame of ``Reply(id, result)`` as one bytes object; None when the result
+        needs the general path (bulk bytes). The hot path of every host reply."""
+        if type(result) in _BULK and len(result) >= BULK_MIN:
+            return None
+        raw: bytes = self._packer.pack([2, id, result])
+        if len(raw) > self.send_limit:
+            return None  # send() raises the error
+        return _pack_header(len(raw), 0) + raw
 
     def send(self, msg: Message) -> list[bytes | memoryview]:
         """Bytes (one or two buffers, for a gather write) that carry ``msg`` to the peer."""
