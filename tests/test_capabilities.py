@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import select
 import time
 from collections.abc import Callable, Iterator
 
@@ -92,7 +93,13 @@ def test_read_only_token_reads_but_cannot_write(clients: Callable[[], bridge.Cli
     with pytest.raises(PermissionError):
         ro.write(b"nope\n")
     assert dev.write(b"ok\n") == 3  # the original keeps its rights
-    assert os.read(master, 64).endswith(b"ok\r\n")  # after the echo of hello
+    out = b""
+    for _ in range(50):  # the echo of hello may come in its own read
+        if select.select([master], [], [], 5)[0]:
+            out += os.read(master, 64)
+        if out.endswith(b"ok\r\n"):
+            break
+    assert out.endswith(b"ok\r\n"), out
 
 
 def test_sharing_again_only_narrows(clients: Callable[[], bridge.Client],
