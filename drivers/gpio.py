@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from bridge.gpio_uapi import AttrId, EventId, LineFlag
 
+from .base import Proxy
+
 if TYPE_CHECKING:
     from bridge.client import Client
     from bridge.protocol import Event as WireEvent
@@ -131,7 +133,7 @@ def line_config(direction: Direction, edge: Edge = Edge.NONE, bias: Bias = Bias.
     return {"flags": int(flags), "attrs": attrs}
 
 
-class GPIO:
+class GPIO(Proxy):
     """A GPIO chip on a remote host.
 
     ``configure(line, ...)`` requests a line (or reconfigures it); ``read``/``write`` use
@@ -141,12 +143,8 @@ class GPIO:
 
     def __init__(self, client: Client, name: str, handle: Any,
                  description: dict[str, Any] | None = None, consumer: str = "hwbridge") -> None:
-        self.client = client
-        self.name = name
-        self._handle = handle
-        self.description = description or {}
+        super().__init__(client, name, handle, description)
         self.consumer = consumer
-        self.closed = False
         self._requests: dict[int, Any] = {}  # line -> line-request handle (or Deferred)
         self._owner: dict[int, int] = {}  # line-request handle -> line
         self._cv = threading.Condition()
@@ -158,13 +156,6 @@ class GPIO:
 
     # -- chip ---------------------------------------------------------------------------
 
-    @property
-    def handle(self) -> Any:
-        """The host's handle number of the chip."""
-        h = self._handle
-        if hasattr(h, "done") and h.done:
-            self._handle = h = h.result()
-        return h
 
     def chip_info(self) -> ChipInfo:
         """Name, label and number of lines of the chip."""
@@ -335,12 +326,6 @@ class GPIO:
                 self.client.call("close", [h])
             self.client.call("close", [self.handle])
 
-    def __enter__(self) -> GPIO:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if not self.client.closed:
-            self.close()
 
     def __repr__(self) -> str:
         return f"<GPIO {self.name} on {self.client.url}>"

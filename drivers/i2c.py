@@ -9,6 +9,8 @@ import errno
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from .base import Proxy, errno_subclass
+
 if TYPE_CHECKING:
     from bridge.client import Client
 
@@ -34,21 +36,13 @@ class I2CError(OSError):
     """
 
 
-_ERRORS: dict[type[OSError], type[I2CError]] = {}
+_ERRORS: dict[type[OSError], type[OSError]] = {}
 
 
 def _wrap(e: OSError, what: str) -> I2CError:
-    base = type(e)
-    cls: type[I2CError] | None
-    if base is OSError or issubclass(base, I2CError):
-        cls = I2CError
-    else:
-        cls = _ERRORS.get(base)
-        if cls is None:
-            made: Any = type(f"I2C{base.__name__}", (I2CError, base), {})
-            cls = _ERRORS[base] = made
-    assert cls is not None
-    return cls(e.errno, f"{what}: {e.strerror or e}")
+    err = errno_subclass(I2CError, e, f"{what}: {e.strerror or e}", _ERRORS)
+    assert isinstance(err, I2CError)
+    return err
 
 
 def _as_bytes(data: object, what: str) -> bytes:
@@ -62,7 +56,7 @@ def _as_bytes(data: object, what: str) -> bytes:
                     f"not {type(data).__name__}")
 
 
-class I2C:
+class I2C(Proxy):
     """An I2C adapter on a remote host (``host.open("i2c1")``)."""
 
     class Message:
@@ -115,19 +109,8 @@ class I2C:
 
     def __init__(self, client: Client, name: str, handle: Any,
                  description: dict[str, Any] | None = None) -> None:
-        self.client = client
-        self.name = name
-        self._handle = handle
-        self.description = description or {}
-        self.closed = False
+        super().__init__(client, name, handle, description)
 
-    @property
-    def handle(self) -> Any:
-        """The host's handle number (a Deferred while the batch that opened it is pending)."""
-        h = self._handle
-        if hasattr(h, "done") and h.done:
-            self._handle = h = h.result()
-        return h
 
     def _call(self, op: str, args: list[Any], what: str, transform: Any = None) -> Any:
         if self.closed:
@@ -190,21 +173,6 @@ class I2C:
         """The adapter's I2C_FUNCS bits (I2C_FUNC_I2C = 1, ...)."""
         return self._call("funcs", [], "I2C_FUNCS")
 
-    def close(self) -> None:
-        """Release the handle on the host (idempotent)."""
-        if not self.closed:
-            self.closed = True
-            self.client.call("close", [self.handle])
-
-    def __enter__(self) -> I2C:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if not self.client.closed:
-            self.close()
-
-    def __repr__(self) -> str:
-        return f"<I2C {self.name} on {self.client.url}>"
 
 
 def _check_address(address: object, ten_bit: bool) -> None:

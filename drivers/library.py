@@ -11,6 +11,8 @@ import keyword
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from .base import Proxy
+
 if TYPE_CHECKING:
     from bridge.client import Client
 
@@ -276,7 +278,7 @@ def _into_ctypes(obj: Any, value: Any, where: str) -> None:
         raise TypeError(f"{where}: cannot store a result in {type(obj).__name__}")
 
 
-class Library:
+class Library(Proxy):
     """A native library on a remote host: ``lib.FUNC(args...)`` as declared in its manifest.
 
     ``timeout`` (seconds, None for the manifest's own bound) limits each call; a call past it
@@ -285,12 +287,8 @@ class Library:
 
     def __init__(self, client: Client, name: str, handle: Any,
                  description: dict[str, Any] | None = None) -> None:
-        self.client = client
-        self.name = name
-        self._handle = handle
-        self.description = description or {}
+        super().__init__(client, name, handle, description)
         self._timeout: float | None = None
-        self.closed = False
         self.functions: dict[str, Function] = {}
         client.call("functions", [handle], self._install)  # in a batch: when it has run
 
@@ -301,13 +299,6 @@ class Library:
                     not s["name"].startswith("_") and not hasattr(type(self), s["name"])):
                 setattr(self, s["name"], f)
 
-    @property
-    def handle(self) -> Any:
-        """The host's handle number (a Deferred while the batch that opened it is pending)."""
-        h = self._handle
-        if hasattr(h, "done") and h.done:
-            self._handle = h = h.result()
-        return h
 
     @property
     def timeout(self) -> float | None:
@@ -334,12 +325,6 @@ class Library:
             self.closed = True
             self.client.call("close", [self.handle])
 
-    def __enter__(self) -> Library:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if not self.client.closed:
-            self.close()
 
     def __repr__(self) -> str:
         return f"<Library {self.name} on {self.client.url}: {', '.join(self.functions)}>"

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from bridge.protocol import BULK_DIRECT
 
+from .base import Proxy
+
 if TYPE_CHECKING:
     from bridge.client import Client
 
@@ -17,7 +19,7 @@ S = TypeVar("S", bound=ctypes.Structure)
 _FRAME_OVERHEAD = 256
 
 
-class Node:
+class Node(Proxy):
     """A device node on a remote host, used like a file descriptor.
 
     ``timeout`` (seconds; None waits forever, 0 polls) bounds ``read``; ``write_timeout``
@@ -26,21 +28,10 @@ class Node:
 
     def __init__(self, client: Client, name: str, handle: Any,
                  description: dict[str, Any] | None = None) -> None:
-        self.client = client
-        self.name = name
-        self._handle = handle
-        self.description = description or {}
+        super().__init__(client, name, handle, description)
         self.timeout: float | None = None
         self.write_timeout: float | None = None
-        self.closed = False
 
-    @property
-    def handle(self) -> Any:
-        """The host's handle number (a Deferred while the batch that opened it is pending)."""
-        h = self._handle
-        if hasattr(h, "done") and h.done:
-            self._handle = h = h.result()
-        return h
 
     def read(self, n: int) -> Any:
         """Up to ``n`` bytes, waiting up to ``timeout`` for the first one (TimeoutError)."""
@@ -86,28 +77,4 @@ class Node:
 
         return self.client.call("ioctl", [self.handle, request, wire], convert)
 
-    def share(self, access: str | None = None, ioctls: list[str | int] | None = None,
-              ttl: float | None = None) -> bytes:
-        """A capability token for this handle, narrowed (e.g. ``access="r"``); another
-        connection calls ``host.adopt(token)``. See :meth:`bridge.client.Client.share`."""
-        return self.client.share(self, access, ioctls, None, ttl)
 
-    def revoke(self, token: bytes | str) -> bool:
-        """Revoke a token made from this handle: handles adopted through it are fenced."""
-        return self.client.revoke(token)
-
-    def close(self) -> None:
-        """Release the handle on the host (idempotent)."""
-        if not self.closed:
-            self.closed = True
-            self.client.call("close", [self.handle])
-
-    def __enter__(self) -> Node:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if not self.client.closed:
-            self.close()
-
-    def __repr__(self) -> str:
-        return f"<Node {self.name} on {self.client.url}>"

@@ -9,6 +9,8 @@ import errno
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from .base import Proxy, errno_subclass
+
 if TYPE_CHECKING:
     from bridge.client import Client
 
@@ -25,21 +27,13 @@ class SPIError(OSError):
     """
 
 
-_ERRORS: dict[type[OSError], type[SPIError]] = {}
+_ERRORS: dict[type[OSError], type[OSError]] = {}
 
 
 def _wrap(e: OSError, what: str) -> SPIError:
-    base = type(e)
-    cls: type[SPIError] | None
-    if base is OSError or issubclass(base, SPIError):
-        cls = SPIError
-    else:
-        cls = _ERRORS.get(base)
-        if cls is None:
-            made: Any = type(f"SPI{base.__name__}", (SPIError, base), {})
-            cls = _ERRORS[base] = made
-    assert cls is not None
-    return cls(e.errno, f"{what}: {e.strerror or e}")
+    err = errno_subclass(SPIError, e, f"{what}: {e.strerror or e}", _ERRORS)
+    assert isinstance(err, SPIError)
+    return err
 
 
 def _as_bytes(data: object, what: str) -> bytes:
@@ -61,7 +55,7 @@ def _like(template: object, got: bytes) -> Any:
     return got
 
 
-class SPI:
+class SPI(Proxy):
     """A SPI device on a remote host (``host.open("spi0")``)."""
 
     class Transfer:
@@ -96,20 +90,9 @@ class SPI:
 
     def __init__(self, client: Client, name: str, handle: Any,
                  description: dict[str, Any] | None = None) -> None:
-        self.client = client
-        self.name = name
-        self._handle = handle
-        self.description = description or {}
+        super().__init__(client, name, handle, description)
         self._settings: dict[str, Any] | None = None
-        self.closed = False
 
-    @property
-    def handle(self) -> Any:
-        """The host's handle number (a Deferred while the batch that opened it is pending)."""
-        h = self._handle
-        if hasattr(h, "done") and h.done:
-            self._handle = h = h.result()
-        return h
 
     def _call(self, op: str, args: list[Any], what: str, transform: Any = None) -> Any:
         if self.closed:
@@ -206,21 +189,6 @@ class SPI:
 
     # -- lifetime -----------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Release the handle on the host (idempotent)."""
-        if not self.closed:
-            self.closed = True
-            self.client.call("close", [self.handle])
-
-    def __enter__(self) -> SPI:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if not self.client.closed:
-            self.close()
-
-    def __repr__(self) -> str:
-        return f"<SPI {self.name} on {self.client.url}>"
 
 
 def _pick(settings: dict[str, Any], name: str, convert: Any) -> Any:

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import usb.backend
 import usb.core
 
+from .base import Proxy
+
 if TYPE_CHECKING:
     from array import array
 
@@ -386,26 +388,15 @@ def get_backend(host: Client) -> RemoteBackend:
 # -- the proxy of kind "usb" ---------------------------------------------------------------
 
 
-class USBDevice:
+class USBDevice(Proxy):
     """One usb device opened with ``host.open(name)``; :meth:`device` gives it to pyusb."""
 
     def __init__(self, client: Client, name: str, handle: Any,
                  description: dict[str, Any] | None = None) -> None:
-        self.client = client
-        self.name = name
-        self._handle = handle
-        self.description = description or {}
-        self.closed = False
+        super().__init__(client, name, handle, description)
         self._remote: _RemoteDevice | None = None
         self._backend: RemoteBackend | None = None
 
-    @property
-    def handle(self) -> Any:
-        """The host's handle number (a Deferred while the batch that opened it is pending)."""
-        h = self._handle
-        if hasattr(h, "done") and h.done:
-            self._handle = h = h.result()
-        return h
 
     def descriptors(self) -> dict[str, Any]:
         """The raw descriptor bundle: ``device`` and ``configs`` bytes, ``strings`` as
@@ -431,21 +422,6 @@ class USBDevice:
             self._remote = _RemoteDevice(self.client, self.name, self.handle, bundle)
         return self._remote
 
-    def close(self) -> None:
-        """Release the handle on the host (idempotent)."""
-        if not self.closed:
-            self.closed = True
-            self.client.call("close", [self.handle])
-
-    def __enter__(self) -> USBDevice:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if not self.client.closed:
-            self.close()
-
-    def __repr__(self) -> str:
-        return f"<USBDevice {self.name} on {self.client.url}>"
 
 
 __all__ = ["RemoteBackend", "USBDevice", "get_backend", "parse_config", "parse_device"]
