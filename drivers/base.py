@@ -74,3 +74,15 @@ def errno_subclass(family: type[OSError], e: OSError, message: str,
                                       (family, base), {})
         cls = made
     return cls(e.errno, message)
+
+
+def as_bytes(data: object, what: str) -> bytes:
+    """bytes from bytes-like data or a list of ints 0..255; TypeError/ValueError otherwise."""
+    if isinstance(data, bytes | bytearray | memoryview):
+        return bytes(data)
+    if isinstance(data, list | tuple):
+        if not all(type(b) is int and 0 <= b <= 255 for b in data):
+            raise ValueError(f"{what}: every byte must be an integer 0..255")
+        return bytes(data)
+    raise TypeError(f"{what} must be bytes, bytearray or a list of ints, "
+                    f"not {type(data).__name__}")

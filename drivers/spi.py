@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .base import Proxy, errno_subclass
+from .base import as_bytes as _as_bytes
 
 if TYPE_CHECKING:
     from bridge.client import Client
@@ -34,17 +35,6 @@ def _wrap(e: OSError, what: str) -> SPIError:
     err = errno_subclass(SPIError, e, f"{what}: {e.strerror or e}", _ERRORS)
     assert isinstance(err, SPIError)
     return err
-
-
-def _as_bytes(data: object, what: str) -> bytes:
-    if isinstance(data, bytes | bytearray | memoryview):
-        return bytes(data)
-    if isinstance(data, list | tuple):
-        if not all(type(b) is int and 0 <= b <= 255 for b in data):
-            raise ValueError(f"{what}: every byte must be an integer 0..255")
-        return bytes(data)
-    raise TypeError(f"{what} must be bytes, bytearray or a list of ints, "
-                    f"not {type(data).__name__}")
 
 
 def _like(template: object, got: bytes) -> Any:
