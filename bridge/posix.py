@@ -32,7 +32,24 @@ def open_fd(spec: DeviceSpec, path: str, access: Access) -> int:
     return safepath.open_device(path, _FLAGS[access] | os.O_NONBLOCK, expect)
 
 
-class PosixNode(NodeHandle):
+class FdOwner:
+    """The one file descriptor a posix handle owns: used under ``_lock``, closed once."""
+
+    fd: int
+    closed: bool
+    _lock: threading.Lock
+
+    def close(self) -> None:
+        with self._lock:
+            if not self.closed:
+                self.closed = True
+                os.close(self.fd)
+
+    def describe(self) -> dict[str, Any]:
+        return {"fd": self.fd}
+
+
+class PosixNode(FdOwner, NodeHandle):
     """A raw device node: one non-blocking file descriptor."""
 
     def __init__(self, spec: DeviceSpec, fd: int) -> None:
@@ -81,14 +98,6 @@ class PosixNode(NodeHandle):
                 return int(fcntl.ioctl(self._fd(), request, arg, True))
             return int(fcntl.ioctl(self._fd(), request, arg))
 
-    def close(self) -> None:
-        with self._lock:
-            if not self.closed:
-                self.closed = True
-                os.close(self.fd)
-
-    def describe(self) -> dict[str, Any]:
-        return {"fd": self.fd}
 
 
 class PosixBackend(Backend):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
-import os
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -23,7 +22,7 @@ from .bushost import (
 )
 from .ioctl import BUILTIN
 from .manifest import DeviceSpec
-from .posix import PosixBackend, open_fd
+from .posix import FdOwner, PosixBackend, open_fd
 
 I2C_RDWR = BUILTIN["I2C_RDWR"].request
 I2C_FUNCS = BUILTIN["I2C_FUNCS"].request
@@ -75,7 +74,7 @@ def build_rdwr(msgs: Sequence[I2CMsg]) -> tuple[i2c_rdwr_ioctl_data, list[Any], 
     return i2c_rdwr_ioctl_data(array, len(msgs)), bufs, array
 
 
-class PosixI2C(I2CHandle):
+class PosixI2C(FdOwner, I2CHandle):
     """An open /dev/i2c-N."""
 
     def __init__(self, spec: DeviceSpec, access: Access, fd: int) -> None:
@@ -102,14 +101,6 @@ class PosixI2C(I2CHandle):
             fcntl.ioctl(self.fd, I2C_FUNCS, value, True)
         return int(value.value)
 
-    def close(self) -> None:
-        with self._lock:
-            if not self.closed:
-                self.closed = True
-                os.close(self.fd)
-
-    def describe(self) -> dict[str, Any]:
-        return {"fd": self.fd}
 
 
 def open_device(backend: PosixBackend, spec: DeviceSpec, access: Access) -> PosixI2C:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
-import os
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -18,7 +17,7 @@ from .backend import Access
 from .bushost import SPIHandle, SPIXfer
 from .ioctl import BUILTIN, SPI_IOC_MESSAGE
 from .manifest import DeviceSpec
-from .posix import PosixBackend, open_fd
+from .posix import FdOwner, PosixBackend, open_fd
 
 
 class spi_ioc_transfer(ctypes.Structure):
@@ -81,7 +80,7 @@ def build_message(xfers: Sequence[SPIXfer]) -> tuple[Any, list[Any]]:
     return array, rx + keep
 
 
-class PosixSPI(SPIHandle):
+class PosixSPI(FdOwner, SPIHandle):
     """An open /dev/spidevB.C."""
 
     def __init__(self, spec: DeviceSpec, access: Access, fd: int) -> None:
@@ -113,14 +112,6 @@ class PosixSPI(SPIHandle):
             self._check_open()
             fcntl.ioctl(self.fd, wr, ctype(value), True)
 
-    def close(self) -> None:
-        with self._lock:
-            if not self.closed:
-                self.closed = True
-                os.close(self.fd)
-
-    def describe(self) -> dict[str, Any]:
-        return {"fd": self.fd}
 
 
 def open_device(backend: PosixBackend, spec: DeviceSpec, access: Access) -> PosixSPI:
