@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-deps lint typecheck bench fuzz clean
+.PHONY: demo test test-deps lint typecheck bench fuzz fuzz-atheris clean
 
 $(STAMP): pyproject.toml setup.py hwbridge.pth
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/python -m bridge.demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check bridge drivers sim hil tests bench setup.py _hwbridge_serial_hook.py
+	$(BIN)/ruff check bridge drivers sim hil tests bench fuzz setup.py _hwbridge_serial_hook.py
 	$(BIN)/mypy
 
 # Debian packages the kernel-interface tiers need (umockdev emulates /dev/i2c-*, /dev/spidev*;
@@ -42,6 +42,22 @@ bench: $(STAMP)
 
 fuzz: $(STAMP)
 	HWBRIDGE_FUZZ=long $(BIN)/python -m pytest -q -p no:cacheprovider tests -k "fuzz or hypothesis"
+
+# Coverage-guided fuzzing with atheris (not part of `make test`, not run by CI): the decoder
+# and a whole session, FUZZ_TIME seconds each; corpora grow in fuzz/corpus/ (seeded on the
+# first run); a crashing input is kept in fuzz/artifacts/.
+FUZZ_TIME ?= 60
+fuzz-atheris: $(STAMP)
+	@$(BIN)/python -c 'import atheris' 2>/dev/null || $(BIN)/python -m pip install -q atheris || true
+	@if ! $(BIN)/python -c 'import atheris' 2>/dev/null; then \
+	  echo "fuzz-atheris: atheris could not be installed for $$($(BIN)/python -V) on this"; \
+	  echo "machine (it needs a wheel or clang with libFuzzer); the harnesses still run"; \
+	  echo "without it in make test (tests/test_atheris_harness.py)."; exit 0; fi; \
+	for h in decoder session; do \
+	  mkdir -p fuzz/corpus/$$h fuzz/artifacts && \
+	  $(BIN)/python fuzz/atheris_$$h.py fuzz/corpus/$$h -max_total_time=$(FUZZ_TIME) \
+	    -artifact_prefix=fuzz/artifacts/$$h- -print_final_stats=1 || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) build *.egg-info
