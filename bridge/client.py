@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 
 from .protocol import (
     BULK_DIRECT,
-    NEED_DATA,
     Batch,
     BatchReply,
     Call,
@@ -127,6 +126,7 @@ class BatchContext:
         if getattr(local, "batch", None) is not None:
             raise RuntimeError("batches do not nest")
         local.batch = self
+        self.client._batched = True
         return self
 
     def __exit__(self, et: object, ev: object, tb: object) -> None:
@@ -166,6 +166,9 @@ class Client:
         self._buf = bytearray(RECV_SIZE)
         self._view = memoryview(self._buf)
         self._local = threading.local()
+        # Set once any batch (so any Deferred) existed: until then a call skips looking
+        # for batches and Deferred arguments.
+        self._batched = False
         self._handlers: list[tuple[str | None, int | None, EventHandler]] = []
         self._direct: list[tuple[str | None, int | None, EventHandler]] = []
         self._events: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
@@ -266,13 +269,14 @@ class Client:
         reply is awaited, frames are received piece by piece at their exact size, so the
         payload lands in one bytes object without being copied again.
         """
-        batch: BatchContext | None = getattr(self._local, "batch", None)
-        if batch is not None:
-            return batch.add(op, args, transform)
-        for a in args:
-            if type(a) is Deferred:
-                args = [self._wire(a) for a in args]
-                break
+        if self._batched:
+            batch: BatchContext | None = getattr(self._local, "batch", None)
+            if batch is not None:
+                return batch.add(op, args, transform)
+            for a in args:
+                if type(a) is Deferred:
+                    args = [self._wire(a) for a in args]
+                    break
         if self.closed:
             raise ConnectionAbortedError(_errno.ECONNABORTED, "connection closed")
         rid = next(self._ids) & 0x7FFFFFFF
@@ -435,15 +439,11 @@ class Client:
             self._fail_all(e)
             raise
         try:
-            self._conn.receive_data(chunk)
-            while True:
-                ev = self._conn.next_event()
-                if ev is NEED_DATA:
-                    break
-                if ev is None:
-                    raise ConnectionResetError(_errno.ECONNRESET,
-                                               f"{self.url} closed the connection")
+            for ev in self._conn.receive(chunk):
                 self._deliver(ev)
+            self._conn.check()
+            if not chunk:  # end of stream (the messages before it were delivered above)
+                raise ConnectionResetError(_errno.ECONNRESET, f"{self.url} closed the connection")
         except (ProtocolError, ConnectionError) as e:
             self._fail_all(e)
             raise

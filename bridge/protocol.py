@@ -317,6 +317,7 @@ class Connection:
         # Data mode: the body of a frame with a large data section is decoded and the data
         # section is collected as the chunks that arrive, so a transport that receives the
         # exact remaining size (want()) hands over the final bytes object with no copy.
+        self._error: ProtocolError | None = None  # raised by the next receive()
         self._stash: Any = None  # decoded body of the frame whose data is being collected
         self._parts: list[bytes | bytearray] = []
         self._want = 0
@@ -356,6 +357,32 @@ class Connection:
             self._buf = bytearray(memoryview(self._buf)[self._pos:])
             self._buf += data
             self._pos = 0
+
+    def receive(self, data: bytes | bytearray | memoryview) -> list[Message]:
+        """:meth:`receive_data` then every complete message, in one call (the hot path).
+
+        After end of stream, ``state`` is CLOSED once the messages before it are taken.
+        """
+        if self._error is not None:
+            raise self._error
+        self.receive_data(data)
+        out: list[Message] = []
+        while True:
+            try:
+                ev = self.next_event()
+            except ProtocolError as e:
+                if not out:
+                    raise
+                self._error = e  # the messages before the bad frame come first
+                return out
+            if ev is NEED_DATA or ev is None:
+                return out
+            out.append(ev)
+
+    def check(self) -> None:
+        """Raise the ProtocolError that :meth:`receive` held back behind good messages."""
+        if self._error is not None:
+            raise self._error
 
     def next_event(self) -> Message | _NeedData | None:
         """The next complete message, NEED_DATA, or None once the peer has closed."""

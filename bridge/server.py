@@ -19,7 +19,7 @@ from . import __version__
 from .limits import Deadlines
 from .protocol import (
     FEATURES,
-    NEED_DATA,
+    Call,
     Connection,
     Error,
     Hello,
@@ -246,13 +246,12 @@ class Server:
                 log.info("%s: receive deadline passed; closing", session.peer)
                 return
             n = len(chunk)
-            conn.receive_data(chunk)
-            while True:
-                ev = conn.next_event()
-                if ev is NEED_DATA:
-                    break
-                if ev is None:
-                    return
+            for ev in conn.receive(chunk):
+                if type(ev) is Call:
+                    if not greeted:
+                        raise ProtocolError("a call before the hello")
+                    session.handle(ev)
+                    continue
                 if isinstance(ev, Hello):
                     try:
                         self._admit(sock, session, ev.info.get("token"), deadlines)
@@ -275,6 +274,7 @@ class Server:
                     continue
                 assert greeted and not isinstance(ev, Hello)
                 session.handle(ev)
+            conn.check()
             if n == 0:
                 return
             if greeted:
