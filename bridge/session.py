@@ -386,7 +386,7 @@ class Session:
         """None for a session-level op; else the handle, the op's table entry and its args."""
         if op in _CORE_OPS:
             return None
-        entry = self.handles.get(args[0]) if args else None
+        entry = self.handles.get(args[0]) if args and type(args[0]) is int else None
         if entry is not None:
             bound = entry.ops.get(op)
             if bound is not None:

@@ -308,7 +308,7 @@ class ServerMachine(RuleBasedStateMachine):
     def forged(self, conn: Conn) -> list[Any]:
         """Numbers that are not open on ``conn``: others', closed ones, made-up ones."""
         others = [h for c in self.conns if c is not conn for h in c.handles]
-        # (not 1.0: a float aliases the int handle, see test_float_handle_is_not_a_handle)
+        # (floats: see test_float_handle_is_not_a_handle)
         made_up = [0, -1, 2**31, 10**6, "1", None]
         return [h for h in others + self.retired[-5:] if h not in conn.handles] + made_up
 
@@ -525,9 +525,6 @@ def test_stateful_server_matches_model(bench: Bench) -> None:
           dict(sorted(SEEN.items())))
 
 
-@pytest.mark.xfail(strict=True, reason="session.py: _resolve looks a float handle up in the "
-                   "int-keyed table, so 1.0 acts as handle 1 for read/write/ioctl (close and "
-                   "the fast path refuse it)")
 def test_float_handle_is_not_a_handle(bench: Bench) -> None:
     with bridge.connect(bench.server.url) as c:
         h = c.call("open", ["simzero"])
