@@ -9,6 +9,7 @@ import fcntl
 import importlib
 import os
 import select
+import stat
 import threading
 from typing import Any
 
@@ -24,12 +25,32 @@ WAIT_SLICE = 0.25
 _FLAGS = {Access.READ: os.O_RDONLY, Access.WRITE: os.O_WRONLY, Access.RW: os.O_RDWR}
 
 
+# What each pinned path was when the server started: the device number of a device node,
+# else the inode. A later open must find the same thing there, so a bind mount (or a
+# rename) that puts another file or device at a manifest path is refused. A path that did
+# not exist at start (a device plugged in later) is only type-checked.
+_IDENTITY: dict[str, tuple[int, ...]] = {}
+
+
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+        return (st.st_mode & 0o170000, st.st_rdev)
+    return (st.st_mode & 0o170000, st.st_dev, st.st_ino)
+
+
 def open_fd(spec: DeviceSpec, path: str, access: Access) -> int:
-    """Open ``path`` for ``spec`` with no symlink anywhere, non-blocking, type-checked."""
+    """Open ``path`` for ``spec`` with no symlink anywhere, non-blocking, type-checked,
+    and the same device or file that was there when the server started."""
     if access not in _FLAGS:
         raise PermissionError(errno.EACCES, "open needs read or write access")
     expect = safepath.FileType[spec.file_type.upper()]
-    return safepath.open_device(path, _FLAGS[access] | os.O_NONBLOCK, expect)
+    fd = safepath.open_device(path, _FLAGS[access] | os.O_NONBLOCK, expect)
+    pinned = _IDENTITY.get(path)
+    if pinned is not None and _identity(os.fstat(fd)) != pinned:
+        os.close(fd)
+        raise PermissionError(errno.EACCES, f"{path} is not the file it was when the server "
+                                            "started (replaced or mounted over)")
+    return fd
 
 
 class FdOwner:
@@ -111,7 +132,12 @@ class PosixBackend(Backend):
     def prepare(self, spec: DeviceSpec) -> None:
         """Resolve the manifest path once, at start: later symlink swaps are refused."""
         if spec.path is not None and spec.path not in self._pinned:
-            self._pinned[spec.path] = safepath.pin(spec.path)
+            pinned = self._pinned[spec.path] = safepath.pin(spec.path)
+            if spec.kind != "library":
+                try:
+                    _IDENTITY[pinned] = _identity(os.stat(pinned, follow_symlinks=False))
+                except OSError:
+                    pass  # not there yet (hot-plug): type checks only
 
     def path(self, spec: DeviceSpec) -> str:
         assert spec.path is not None
