@@ -55,7 +55,7 @@ fuzz-atheris: $(STAMP)
 	  echo "without it in make test (tests/test_atheris_harness.py)."; exit 0; fi; \
 	for h in decoder session; do \
 	  mkdir -p fuzz/corpus/$$h fuzz/artifacts && \
-	  $(BIN)/python fuzz/atheris_$$h.py fuzz/corpus/$$h -max_total_time=$(FUZZ_TIME) \
+	  $(BIN)/python -m fuzz.atheris_$$h fuzz/corpus/$$h -max_total_time=$(FUZZ_TIME) \
 	    -artifact_prefix=fuzz/artifacts/$$h- -print_final_stats=1 || exit 1; \
 	done
 

@@ -14,24 +14,14 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .backend import Access, DeviceHandle, op
+from .ioctl import (
+    I2C_M_ALL,
+    I2C_M_RD,
+    I2C_M_TEN,
+    I2C_MSG_MAX_LEN,
+    I2C_RDWR_IOCTL_MAX_MSGS,
+)
 from .manifest import DeviceSpec
-
-# include/uapi/linux/i2c.h: struct i2c_msg flags
-I2C_M_RD = 0x0001
-I2C_M_TEN = 0x0010
-I2C_M_DMA_SAFE = 0x0200
-I2C_M_RECV_LEN = 0x0400
-I2C_M_NO_RD_ACK = 0x0800
-I2C_M_IGNORE_NAK = 0x1000
-I2C_M_REV_DIR_ADDR = 0x2000
-I2C_M_NOSTART = 0x4000
-I2C_M_STOP = 0x8000
-I2C_M_ALL = (I2C_M_RD | I2C_M_TEN | I2C_M_DMA_SAFE | I2C_M_RECV_LEN | I2C_M_NO_RD_ACK
-             | I2C_M_IGNORE_NAK | I2C_M_REV_DIR_ADDR | I2C_M_NOSTART | I2C_M_STOP)
-
-# drivers/i2c/i2c-dev.c
-I2C_RDWR_IOCTL_MAX_MSGS = 42
-I2C_MSG_MAX_LEN = 8192
 
 # include/uapi/linux/i2c.h: functionality bits returned by I2C_FUNCS
 I2C_FUNC_I2C = 0x00000001

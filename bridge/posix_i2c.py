@@ -14,13 +14,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from .backend import Access
-from .bushost import (
-    I2C_M_RD,
-    I2C_M_RECV_LEN,
-    I2CHandle,
-    I2CMsg,
-)
-from .ioctl import BUILTIN
+from .bushost import I2CHandle, I2CMsg
+from .ioctl import BUILTIN, I2C_M_RD, I2C_M_RECV_LEN
 from .manifest import DeviceSpec
 from .posix import FdOwner, PosixBackend, open_fd
 

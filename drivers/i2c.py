@@ -15,18 +15,18 @@ from .base import as_bytes as _as_bytes
 if TYPE_CHECKING:
     from bridge.client import Client
 
-# include/uapi/linux/i2c.h: struct i2c_msg flags
-I2C_M_RD = 0x0001
-I2C_M_TEN = 0x0010
-I2C_M_RECV_LEN = 0x0400
-I2C_M_NO_RD_ACK = 0x0800
-I2C_M_IGNORE_NAK = 0x1000
-I2C_M_REV_DIR_ADDR = 0x2000
-I2C_M_NOSTART = 0x4000
-I2C_M_STOP = 0x8000
-
-MAX_MESSAGES = 42  # i2c-dev's I2C_RDWR_IOCTL_MAX_MSGS
-MAX_MESSAGE_LEN = 8192
+from bridge.ioctl import (  # noqa: F401  (the kernel's flags, for users of this module)
+    I2C_M_IGNORE_NAK,
+    I2C_M_NO_RD_ACK,
+    I2C_M_NOSTART,
+    I2C_M_RD,
+    I2C_M_RECV_LEN,
+    I2C_M_REV_DIR_ADDR,
+    I2C_M_STOP,
+    I2C_M_TEN,
+)
+from bridge.ioctl import I2C_MSG_MAX_LEN as MAX_MESSAGE_LEN
+from bridge.ioctl import I2C_RDWR_IOCTL_MAX_MSGS as MAX_MESSAGES
 
 
 class I2CError(OSError):

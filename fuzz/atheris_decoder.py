@@ -6,9 +6,7 @@
 #     .venv/bin/python fuzz/atheris_decoder.py fuzz/corpus/decoder -max_total_time=60
 from __future__ import annotations
 
-import sys
 from collections import Counter
-from pathlib import Path
 
 from bridge.protocol import NEED_DATA, Connection, Hello, ProtocolError, Role, encode
 
@@ -61,23 +59,7 @@ def seeds() -> list[bytes]:
             + [bytes([0x80 | 0x01, 0]) + frame(Hello())])
 
 
-def main() -> None:
-    """Run under atheris; an empty corpus folder named on the command line gets seeds()."""
-    import atheris  # type: ignore[import-not-found, import-untyped, unused-ignore]
-
-    _plant(seeds())
-    atheris.instrument_all()
-    atheris.Setup(sys.argv, TestOneInput)
-    atheris.Fuzz()
-
-
-def _plant(inputs: list[bytes]) -> None:
-    for arg in sys.argv[1:]:
-        folder = Path(arg)
-        if not arg.startswith("-") and folder.is_dir() and not any(folder.iterdir()):
-            for i, data in enumerate(inputs):
-                (folder / f"seed-{i}").write_bytes(data)
-
-
 if __name__ == "__main__":
-    main()
+    from fuzz import run_atheris
+
+    run_atheris(seeds(), TestOneInput)

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
-import sys
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from bridge.manifest import parse
@@ -139,23 +137,7 @@ def seeds() -> list[bytes]:
     ]
 
 
-def main() -> None:
-    """Run under atheris; an empty corpus folder named on the command line gets seeds()."""
-    import atheris  # type: ignore[import-not-found, import-untyped, unused-ignore]
-
-    _plant(seeds())
-    atheris.instrument_all()
-    atheris.Setup(sys.argv, TestOneInput)
-    atheris.Fuzz()
-
-
-def _plant(inputs: list[bytes]) -> None:
-    for arg in sys.argv[1:]:
-        folder = Path(arg)
-        if not arg.startswith("-") and folder.is_dir() and not any(folder.iterdir()):
-            for i, data in enumerate(inputs):
-                (folder / f"seed-{i}").write_bytes(data)
-
-
 if __name__ == "__main__":
-    main()
+    from fuzz import run_atheris
+
+    run_atheris(seeds(), TestOneInput)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge.bushost import I2C_M_RD, I2CMsg, SPIXfer
+from bridge.bushost import I2CMsg, SPIXfer
+from bridge.ioctl import I2C_M_RD
 
 if sys.platform != "linux":
     pytest.skip("the posix I2C/SPI backends are Linux-only", allow_module_level=True)

@@ -12,7 +12,8 @@ from bridge.sim.clock import clock
 from bridge.sim.i2c import TMP102, I2CBus, RegisterDevice
 from bridge.sim.spi import W25Q128, SPIController
 
-from bridge.bushost import I2C_M_RD, I2CMsg, SPIXfer
+from bridge.bushost import I2CMsg, SPIXfer
+from bridge.ioctl import I2C_M_RD
 
 
 @pytest.fixture
