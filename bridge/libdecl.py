@@ -8,7 +8,9 @@
 #   int {min, max} | float | bool | char | enum {values} | str | void
 #   struct {name, fields: [[name, desc]]} | array {elem, length, bytes}
 #   handle {type}       an opaque pointer the library hands out; the client holds a token
-#   buffer {elem, dir, size | size_param, single, bytes}    a pointer parameter
+#   buffer {elem, dir, size | size_param | size_ptr, single, bytes}    a pointer parameter
+#       (elem may be a handle for an out-param `struct dev **`; size_ptr names a single
+#       integer inout parameter holding the capacity in and the count written out)
 from __future__ import annotations
 
 import errno
@@ -132,11 +134,17 @@ class Signature:
     closes: str | None = None  # the handle type this function releases
     ctype: str = ""  # the C function pointer type, e.g. "int(*)(int, int)"
     handle_inputs: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
+    handle_outputs: list[tuple[int, str]] = field(default_factory=list)  # (index, type)
 
     def __post_init__(self) -> None:
         kinds = dict(self.params)
         self.handle_inputs = [(i, n, kinds[n]) for i, n in enumerate(self.inputs)
                               if kinds[n]["k"] == "handle"]
+        for i, n in enumerate(self.outputs):
+            d = self.result if n == "return" else kinds.get(n, {})
+            d = d.get("elem", {}) if d.get("k") == "buffer" else d
+            if d.get("k") == "handle":
+                self.handle_outputs.append((i, d["type"]))
 
     def to_wire(self) -> dict[str, Any]:
         return {"name": self.name, "params": [[n, d] for n, d in self.params],
@@ -210,6 +218,14 @@ def _signature(ffi: Any, fname: str, decl: tuple[list[tuple[str, str]], str],
     kinds = dict(params)
     derived: dict[str, list[str]] = {}
     for n, d in params:
+        ptr = d.get("size_ptr")
+        if ptr is not None:
+            pd = kinds.get(ptr, {})
+            if d["dir"] != "out" or not (pd.get("k") == "buffer" and pd.get("single") and
+                                         pd["dir"] == "inout" and pd["elem"]["k"] == "int"):
+                raise DeclarationError(f"{where}: size = \"*{ptr}\" needs an out buffer and "
+                                       f"{ptr} an integer pointer declared {ptr} = \"inout\" "
+                                       "(capacity in, count written out)")
         sp = d.get("size_param")
         if sp is None:
             continue
@@ -250,8 +266,15 @@ def _param(ffi: Any, ctext: str, opts: Any, handles: Mapping[str, str],
             raise DeclarationError(f"{where}: only pointer parameters take a direction")
         return _value_type(ffi, ct, handles, where)
     item = ct.item
-    if _norm(item.cname) in handles and opts is None:
+    if item.kind != "pointer" and _norm(item.cname) in handles and opts is None:
         return {"k": "handle", "type": _norm(item.cname)}
+    if item.kind == "pointer" and item.item.kind != "pointer" and \
+            _norm(item.item.cname) in handles:  # struct dev **: a handle out-parameter
+        if opts not in ("out", {"dir": "out"}) or fixed is not None:
+            raise DeclarationError(f"{where}: a {item.cname}* parameter returns one handle: "
+                                   "declare it args.NAME = \"out\"")
+        return {"k": "buffer", "dir": "out", "single": True, "size": 1, "bytes": False,
+                "ctype": item.cname, "elem": {"k": "handle", "type": _norm(item.item.cname)}}
     if opts is None and item.cname in ("char", "const char"):
         return {"k": "str"}
     if opts is None and fixed is None:
@@ -272,7 +295,9 @@ def _param(ffi: Any, ctext: str, opts: Any, handles: Mapping[str, str],
     desc: dict[str, Any] = {"k": "buffer", "dir": d, "elem": elem,
                             "ctype": "uint8_t" if item.kind == "void" else item.cname,
                             "bytes": item.kind == "void" or _is_byte(ffi, item)}
-    if isinstance(size, str):
+    if isinstance(size, str) and size.startswith("*"):
+        desc["size_ptr"] = size[1:].strip()
+    elif isinstance(size, str):
         desc["size_param"] = size
     elif size is None:
         desc.update(size=1, single=True)
@@ -316,7 +341,7 @@ def _value_type(ffi: Any, ct: Any, handles: Mapping[str, str], where: str,
         elem = _value_type(ffi, ct.item, handles, where)
         return {"k": "array", "elem": elem, "length": ct.length, "bytes": _is_byte(ffi, ct.item)}
     if ct.kind == "pointer" and returning:
-        if _norm(ct.item.cname) in handles:
+        if ct.item.kind != "pointer" and _norm(ct.item.cname) in handles:
             return {"k": "handle", "type": _norm(ct.item.cname)}
         if ct.item.cname in ("char", "const char"):
             return {"k": "str"}

@@ -167,10 +167,9 @@ class LibraryHandle(DeviceHandle):
 
     def _finish(self, sig: Signature, flight: Flight) -> list[Any]:
         values = flight.result()
-        for i, name in enumerate(sig.outputs):
-            d = sig.result if name == "return" else None
-            if d is not None and d["k"] == "handle" and values[i] is not None:
-                values[i] = self._token(values[i], d["type"])
+        for i, htype in sig.handle_outputs:  # returned, or through a struct dev ** out-param
+            if values[i] is not None:
+                values[i] = self._token(values[i], htype)
         return values
 
     def _token(self, wid: int, htype: str) -> bytes:

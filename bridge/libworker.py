@@ -80,6 +80,7 @@ class Engine:
             given[sp] = lens.pop()
         cargs: list[Any] = []
         outs: list[tuple[dict[str, Any], Any, int]] = []
+        cds: dict[str, Any] = {}
         for name, d in sig.params:
             where = wheres[name]
             if d["k"] == "buffer":
@@ -87,6 +88,7 @@ class Engine:
                 if d["dir"] != "in":
                     outs.append((d, cd, count))
                 cargs.append(cd)
+                cds[name] = cd
             elif d["k"] == "handle":
                 cargs.append(self._pointer(d["type"], given[name], where))
             elif d["k"] == "str":
@@ -109,6 +111,8 @@ class Engine:
                 raise OSError(err or errno.EIO, f"{fname}: {os.strerror(err or errno.EIO)}")
             result.append(self._out(sig.result, ret))
         for d, cd, count in outs:
+            if "size_ptr" in d:  # the library says how much it wrote: never past count
+                count = max(0, min(int(cds[d["size_ptr"]][0]), count))
             result.append(self._read_buffer(d, cd, count))
         if sig.errno == "report":
             result.append(err)
@@ -125,7 +129,8 @@ class Engine:
             init = None if d["dir"] == "out" else self._init(d["elem"], given[name], where)
             return ffi.new(f"{ctype} *", init), 1
         if d["dir"] == "out":
-            count = d["size"] if "size_param" not in d else given[d["size_param"]]
+            sp = d.get("size_param", d.get("size_ptr"))
+            count = d["size"] if sp is None else given[sp]
             if type(count) is not int or count < 0:
                 raise ValueError(f"{where}: the size must be a non-negative integer")
             if count * ffi.sizeof(ctype) > self.cfg.max_buffer:

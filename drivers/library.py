@@ -89,6 +89,10 @@ class Function:
                 plain[n] = _from_ctypes(v)
         targets = [(n, given[n]) for n in self.order
                    if self.params[n]["k"] == "buffer" and self.params[n]["dir"] != "in"]
+        for n, _ in targets:
+            if self.params[n]["elem"]["k"] == "handle":
+                raise TypeError(f"{self.name}: {n} returns a handle, which no ctypes object "
+                                f"can hold; call lib.{self.name}(...) instead")
 
         def fill(values: list[Any]) -> Any:
             outs = dict(zip(self.outputs, values, strict=True))
@@ -147,8 +151,11 @@ class Function:
         return v
 
     def _wrap(self, name: str, v: Any) -> Any:
-        if name == "return" and self.result["k"] == "handle" and v is not None:
-            return Opaque(self.result["type"], v)
+        d = self.result if name == "return" else self.params.get(name, {})
+        if d.get("k") == "buffer":  # an out-param struct dev ** carries a handle too
+            d = d["elem"]
+        if d.get("k") == "handle" and v is not None:
+            return Opaque(d["type"], v)
         return v
 
     def _shape(self, values: list[Any]) -> Any:

@@ -40,6 +40,9 @@ dev_set = {{}}
 dev_get = {{}}
 dev_close = {{}}
 open_count = {{}}
+dev_open2 = {{ args = {{ out = "out" }} }}
+dev_read2 = {{ args = {{ buf = {{ dir = "out", size = "*len" }}, len = "inout" }} }}
+dev_read_lie = {{ args = {{ buf = {{ dir = "out", size = "*len" }}, len = "inout" }} }}
 fail_with = {{ errno = "raise" }}
 fail_code = {{ errno = true }}
 {unsafe}

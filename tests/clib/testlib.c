@@ -57,6 +57,29 @@ int dev_get(struct dev *d) { return d->value; }
 void dev_close(struct dev *d) { if (d) { open_devices--; free(d); } }
 int open_count(void) { return open_devices; }
 
+/* A handle through an out-parameter: 0 and *out set, or -EINVAL and *out untouched. */
+int dev_open2(int id, struct dev **out) {
+    if (id < 0) return -EINVAL;
+    *out = dev_open(id);
+    return *out ? 0 : -ENOMEM;
+}
+
+/* A size pointer: *len is the capacity in, the bytes written out (at most 10). */
+int dev_read2(uint8_t *buf, size_t *len) {
+    size_t n = *len < 10 ? *len : 10;
+    memcpy(buf, "0123456789", n);
+    *len = n;
+    return (int)n;
+}
+
+/* A buggy library: fills the whole buffer, then claims far more than its capacity
+ * (how 0: 4096 more bytes, how 1: SIZE_MAX). */
+int dev_read_lie(uint8_t *buf, size_t *len, int how) {
+    memset(buf, 0x77, *len);
+    *len = how ? SIZE_MAX : *len + 4096;
+    return 0;
+}
+
 /* Failures: errno, a segfault, an abort, an exit, a hang. */
 int fail_with(int code) { errno = code; return -1; }
 int fail_code(int code) { errno = code; return -1; }
