@@ -89,10 +89,16 @@ class Function:
                 plain[n] = _from_ctypes(v)
         targets = [(n, given[n]) for n in self.order
                    if self.params[n]["k"] == "buffer" and self.params[n]["dir"] != "in"]
-        for n, _ in targets:
-            if self.params[n]["elem"]["k"] == "handle":
+        for n, obj in targets:
+            d = self.params[n]
+            if d["elem"]["k"] == "handle":
                 raise TypeError(f"{self.name}: {n} returns a handle, which no ctypes object "
                                 f"can hold; call lib.{self.name}(...) instead")
+            sp = d.get("size_param", d.get("size_ptr"))
+            if sp is not None and isinstance(obj, ctypes.Array) and \
+                    _int(_from_ctypes(given[sp]), f"{self.name}: {sp}") > len(obj):
+                raise ValueError(f"{self.name}: {sp} is larger than the {len(obj)} items "
+                                 f"of the ctypes object given for {n}")
 
         def fill(values: list[Any]) -> Any:
             outs = dict(zip(self.outputs, values, strict=True))

@@ -3,6 +3,7 @@
 # end to end through a real server in both isolation modes, on tests/clib/testlib.c.
 from __future__ import annotations
 
+import ctypes
 import errno
 import time
 from collections.abc import Callable, Iterator
@@ -103,6 +104,17 @@ def test_a_length_past_the_buffer_is_clipped_to_it(clib: Any, how: int) -> None:
     assert data == b"\x77" * 8  # never more than the host allocated
     assert n == (8 + 4096 if how == 0 else 2**64 - 1)  # what the library claimed
     assert clib.add(1, 2) == 3  # and the library carries on
+
+
+def test_a_size_pointer_ctypes_style(clib: Any) -> None:
+    buf, n = (ctypes.c_uint8 * 16)(), ctypes.c_size_t(16)
+    assert clib.dev_read2.ctypes(buf, ctypes.byref(n)) == 10
+    assert (bytes(buf), n.value) == (b"0123456789" + bytes(6), 10)
+    buf, n = (ctypes.c_uint8 * 8)(), ctypes.c_size_t(8)
+    assert clib.dev_read_lie.ctypes(buf, ctypes.pointer(n), 0) == 0
+    assert (bytes(buf), n.value) == (b"\x77" * 8, 8 + 4096)
+    with pytest.raises(ValueError):  # a capacity past the caller's own buffer
+        clib.dev_read2.ctypes((ctypes.c_uint8 * 4)(), ctypes.byref(ctypes.c_size_t(5)))
 
 
 @pytest.mark.parametrize(("cdef", "args", "complaint"), [
