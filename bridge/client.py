@@ -305,6 +305,18 @@ class Client:
                 sent = True
         if not sent:
             self._send(Call(rid, op, args))
+        # The common case inline: no other thread is reading, so this one reads until its
+        # reply is in. _wait does the same and also waits as a follower.
+        if self._recv_lock.acquire(blocking=False):
+            try:
+                while not p.done:
+                    self._pump()
+            finally:
+                self._recv_lock.release()
+                if self._sleepers:
+                    self._wake()
+            if p.error is None and transform is None:
+                return p.value
         return self._wait(p)
 
     def submit(self, op: str, args: Sequence[Any],

@@ -237,16 +237,19 @@ def _list(v: object, what: str) -> list[Value]:
 
 def decode_body(body: Value, data: bytes | bytearray | None) -> Message:
     """Turn one decoded msgpack body (+ data section) into a typed message."""
+    # The two messages of every round trip first, checked inline (the hot path).
+    if type(body) is list and data is None:
+        n = len(body)
+        if n == 3 and body[0] == 2 and type(body[1]) is int:
+            return Reply(body[1], body[2])
+        if n == 4 and body[0] == 1 and type(body[1]) is int and type(body[2]) is str \
+                and type(body[3]) is list:
+            return Call(body[1], body[2], body[3])
     b = _list(body, "frame body")
     if not b:
         raise ProtocolError("empty frame body")
     kind = b[0]
     n = len(b)
-    if n == 3 and kind == 2 and data is None and type(b[1]) is int:
-        return Reply(b[1], b[2])
-    if n == 4 and kind == 1 and data is None and type(b[1]) is int and type(b[2]) is str \
-            and type(b[3]) is list:
-        return Call(b[1], b[2], b[3])
     if kind == 1 and n == 4:
         args = _list(b[3], "args")
         if data is not None:
@@ -365,6 +368,23 @@ class Connection:
         """
         if self._error is not None:
             raise self._error
+        # Fast path: nothing is pending and ``data`` is exactly one whole frame with no data
+        # section (one recv per request or reply, the common case): decode it in place, with
+        # no buffering and no second look for a next frame. Anything else, including every
+        # error, takes the general path below, which reports it.
+        if self.state is State.READY and self._pos >= len(self._buf) and not self._want \
+                and self._stash is None and not self._eof and type(data) is not memoryview \
+                and len(data) > 8:
+            body_len, data_len = _unpack_header(data, 0)
+            if not data_len and 8 + body_len == len(data) and body_len <= self.max_frame:
+                try:
+                    msg = decode_body(_unpackb(data[8:], ext_hook=_ext_hook,
+                                               strict_map_key=False), None)
+                except Exception:
+                    pass
+                else:
+                    if type(msg) in self._receivable:
+                        return [msg]
         self.receive_data(data)
         out: list[Message] = []
         while True:

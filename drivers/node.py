@@ -32,10 +32,16 @@ class Node(Proxy):
         self.timeout: float | None = None
         self.write_timeout: float | None = None
 
+    # Each method below uses ``_handle`` directly when it is already the host's number
+    # (always, but for a proxy opened inside a batch that has not run): the ``handle``
+    # property, which resolves a Deferred, would cost a failing hasattr() on every call.
 
     def read(self, n: int) -> Any:
         """Up to ``n`` bytes, waiting up to ``timeout`` for the first one (TimeoutError)."""
-        return self.client.call("read", [self.handle, n, self.timeout], bulk=n >= BULK_DIRECT)
+        h = self._handle
+        if type(h) is not int:
+            h = self.handle
+        return self.client.call("read", [h, n, self.timeout], bulk=n >= BULK_DIRECT)
 
     def write(self, data: bytes | bytearray | memoryview) -> Any:
         """Write ``data``; returns the number of bytes the device took.
@@ -46,11 +52,17 @@ class Node(Proxy):
         limit = int(self.client.server_info.get("max_frame", 0)) - _FRAME_OVERHEAD
         if limit > 0 and isinstance(data, bytes | bytearray | memoryview) and len(data) > limit:
             data = memoryview(data)[:limit]
-        return self.client.call("write", [self.handle, data, self.write_timeout])
+        h = self._handle
+        if type(h) is not int:
+            h = self.handle
+        return self.client.call("write", [h, data, self.write_timeout])
 
     def poll(self, timeout: float | None = 0.0) -> Any:
         """True when the node is readable within ``timeout`` seconds."""
-        return self.client.call("poll", [self.handle, timeout])
+        h = self._handle
+        if type(h) is not int:
+            h = self.handle
+        return self.client.call("poll", [h, timeout])
 
     def ioctl(self, request: str | int, arg: Any = None) -> Any:
         """Issue an ioctl the manifest allows.
@@ -75,6 +87,9 @@ class Node(Proxy):
                 return kind.from_buffer_copy(out)
             return out
 
-        return self.client.call("ioctl", [self.handle, request, wire], convert)
+        h = self._handle
+        if type(h) is not int:
+            h = self.handle
+        return self.client.call("ioctl", [h, request, wire], convert)
 
 
