@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
+from .ioctl import Direction
 from .timeout import Deadline
 
 if TYPE_CHECKING:
@@ -184,7 +185,8 @@ class NodeHandle(DeviceHandle):
     def read(self, n: int, deadline: Deadline) -> bytes:
         if type(n) is not int or n < 0:
             raise ValueError(f"read size must be a non-negative integer, not {n!r}")
-        n = min(n, self.max_io)
+        if n > self.max_io:
+            n = self.max_io
         while True:
             data = self.read_nowait(n)
             if data is not None:
@@ -213,8 +215,6 @@ class NodeHandle(DeviceHandle):
     @op("ioctl")
     def ioctl(self, request: str | int, arg: int | bytes | None) -> list[Any]:
         """Run an ioctl the manifest allows; returns [return value, out bytes or None]."""
-        from .ioctl import Direction
-
         spec = self.spec.find_ioctl(request)
         if spec.by_value or spec.direction is Direction.NONE:
             if spec.direction is Direction.NONE and not spec.by_value and arg not in (None, 0):

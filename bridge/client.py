@@ -465,7 +465,8 @@ class Client:
             p = self._pending.pop(ev.id, None)
             if p is not None:
                 p.value, p.done = ev.result, True
-                self._wake()
+                if self._sleepers:
+                    self._wake()
             return
         if isinstance(ev, Event):
             for topic, handle, fn in self._direct:

@@ -85,8 +85,10 @@ class PosixNode(FdOwner, NodeHandle):
 
     def read_nowait(self, n: int) -> bytes | None:
         with self._lock:
+            if self.closed:  # _fd(), inline: this is every small read's path
+                raise OSError(errno.EBADF, "handle is closed")
             try:
-                return os.read(self._fd(), n)
+                return os.read(self.fd, n)
             except BlockingIOError:
                 return None
 

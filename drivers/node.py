@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 
 S = TypeVar("S", bound=ctypes.Structure)
 
+_CTYPES = (ctypes.Structure, ctypes.Union, ctypes.Array)
+
 # Room in a frame for everything of a write call but its data (header, op, handle, timeout).
 _FRAME_OVERHEAD = 256
 
@@ -71,25 +73,29 @@ class Node(Proxy):
         return the same type (bytes, or a new Structure of the argument's type); others return
         the int return value.
         """
+        h = self._handle
+        if type(h) is not int:
+            h = self.handle
+        if arg is None or type(arg) is int or type(arg) is bytes:
+            # Nothing to convert either way (the common case): no closure per call.
+            return self.client.call("ioctl", [h, request, arg], _ioctl_result)
         kind: type[ctypes.Structure | ctypes.Union | ctypes.Array[Any]] | None = None
         wire: Any = arg
-        if isinstance(arg, ctypes.Structure | ctypes.Union | ctypes.Array):
+        if isinstance(arg, _CTYPES):
             kind = type(arg)
             wire = bytes(memoryview(arg).cast("B"))
         elif isinstance(arg, bytearray | memoryview):
             wire = bytes(arg)
 
         def convert(result: list[Any]) -> Any:
-            ret, out = result
-            if out is None:
-                return ret
-            if kind is not None:
-                return kind.from_buffer_copy(out)
-            return out
+            if kind is not None and result[1] is not None:
+                return kind.from_buffer_copy(result[1])
+            return _ioctl_result(result)
 
-        h = self._handle
-        if type(h) is not int:
-            h = self.handle
         return self.client.call("ioctl", [h, request, wire], convert)
 
 
+def _ioctl_result(result: list[Any]) -> Any:
+    """An ioctl's result as the caller gets it: the out bytes if any, else the int."""
+    ret, out = result
+    return ret if out is None else out
