@@ -4,7 +4,9 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .client import Client, Deferred, DeviceInfo, connect, open_device  # noqa: E402
+from .batch import Deferred  # noqa: E402
+from .client import Client, DeviceInfo  # noqa: E402
+from .connect import connect, open_device  # noqa: E402
 from .protocol import ProtocolError  # noqa: E402
 from .timeout import Deadline  # noqa: E402
 from .url import URL, parse_url  # noqa: E402

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
-from .client import connect
+from .connect import connect
 from .url import parse_url
 
 EPILOG = "URLs: hwbridge://HOST[:PORT][/DEVICE] (default port 7420)."

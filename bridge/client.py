@@ -14,17 +14,15 @@ import errno as _errno
 import importlib
 import itertools
 import logging
-import os
 import queue
 import socket
-import ssl
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .batch import BatchContext, Deferred
 from .protocol import (
     BULK_DIRECT,
-    Batch,
     BatchReply,
     Call,
     Connection,
@@ -37,7 +35,7 @@ from .protocol import (
     Reply,
     Role,
 )
-from .url import URL, parse_url
+from .url import URL
 
 if TYPE_CHECKING:
     from .leaseclient import Lease
@@ -64,87 +62,6 @@ class Pending:
         self.value: Any = None
         self.error: BaseException | None = None
         self.transform = transform
-
-
-class Deferred:
-    """A result of an operation issued inside ``host.batch()``; known once the batch ran."""
-
-    __slots__ = ("batch", "index", "transform", "_done", "_value", "_error")
-
-    def __init__(self, batch: BatchContext, index: int,
-                 transform: Callable[[Any], Any] | None) -> None:
-        self.batch = batch
-        self.index = index
-        self.transform = transform
-        self._done = False
-        self._value: Any = None
-        self._error: BaseException | None = None
-
-    @property
-    def done(self) -> bool:
-        return self._done
-
-    def result(self) -> Any:
-        """The operation's result; raises its error, or RuntimeError before the batch ran."""
-        if not self._done:
-            raise RuntimeError("the batch has not been sent yet: leave the `with` block first")
-        if self._error is not None:
-            raise self._error
-        return self._value
-
-    def _set(self, raw: Any) -> None:
-        self._value = raw if self.transform is None else self.transform(raw)
-        self._done = True
-
-    def _fail(self, e: BaseException) -> None:
-        self._error = e
-        self._done = True
-
-    def __repr__(self) -> str:
-        state = "pending" if not self._done else ("error" if self._error else "done")
-        return f"<Deferred #{self.index} {state}>"
-
-
-class BatchContext:
-    """Collects operations; sends them in one frame when the ``with`` block ends."""
-
-    def __init__(self, client: Client) -> None:
-        self.client = client
-        self.ops: list[tuple[str, list[Any]]] = []
-        self.results: list[Deferred] = []
-        self.sent = False
-
-    def add(self, op: str, args: Sequence[Any], transform: Callable[[Any], Any] | None
-            ) -> Deferred:
-        d = Deferred(self, len(self.ops), transform)
-        self.ops.append((op, [self.client._wire(a) for a in args]))
-        self.results.append(d)
-        return d
-
-    def __enter__(self) -> BatchContext:
-        local = self.client._local
-        if getattr(local, "batch", None) is not None:
-            raise RuntimeError("batches do not nest")
-        local.batch = self
-        self.client._batched = True
-        return self
-
-    def __exit__(self, et: object, ev: object, tb: object) -> None:
-        self.client._local.batch = None
-        if et is not None or not self.ops:
-            return
-        self.sent = True
-        p = self.client._start(lambda rid: Batch(rid, self.ops))
-        results, err = self.client._wait(p)
-        for d, raw in zip(self.results, results, strict=False):
-            d._set(raw)
-        if err is not None:
-            idx, code, message = err
-            exc = remote_error(code, f"{message} (batch operation {idx})")
-            for d in self.results[idx:]:
-                d._fail(exc if d.index == idx else RuntimeError(
-                    f"not executed: batch operation {idx} failed before it"))
-            raise exc
 
 
 class Client:
@@ -574,53 +491,3 @@ _PROXIES = {
 def _proxy_class(kind: str) -> Any:
     module, cls = _PROXIES.get(kind, ("node", "Node"))
     return getattr(importlib.import_module(f"bridge.drivers.{module}"), cls)
-
-
-def connect(url: str, timeout: float | None = 10.0, max_frame: int | None = None, *,
-            tls: ssl.SSLContext | None = None, ca: str | None = None, cert: str | None = None,
-            key: str | None = None, token: str | None = None) -> Client:
-    """Connect to a device host: ``hwbridge://HOST[:PORT]`` (or ``hwbridge+unix:///path``).
-
-    ``hwbridges://`` is TLS 1.3: the host is checked against ``ca`` and this client shows
-    ``cert``/``key`` (or a ready ``tls`` context); a ``token`` is an alternative identity,
-    sent only over TLS. Unset, they come from HWBRIDGE_CA, HWBRIDGE_CERT, HWBRIDGE_KEY and
-    HWBRIDGE_TOKEN.
-    """
-    u = parse_url(url)
-    if token is not None and u.scheme != "hwbridges":
-        raise ValueError("a token is sent only over TLS: use a hwbridges:// URL")
-    if token is None and u.scheme == "hwbridges":
-        token = os.environ.get("HWBRIDGE_TOKEN")
-    if u.scheme == "hwbridge+unix":
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        sock.connect(u.path)
-    else:
-        sock = socket.create_connection((u.host, u.port), timeout=timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    try:
-        if u.scheme == "hwbridges":
-            if tls is None:
-                from .tls import client_context
-
-                env = os.environ.get
-                cert = cert or env("HWBRIDGE_CERT")
-                tls = client_context(ca or env("HWBRIDGE_CA"), cert,
-                                     key or env("HWBRIDGE_KEY") or None)
-            sock = tls.wrap_socket(sock, server_hostname=u.host)
-        client = Client(u, sock, max_frame or 64 * 1024 * 1024, token)
-    except BaseException:
-        sock.close()
-        raise
-    sock.settimeout(None)
-    return client
-
-
-@contextlib.contextmanager
-def open_device(url: str) -> Iterator[Any]:
-    """``hwbridge://HOST:PORT/DEVICE`` -> (connected, opened proxy); closes both after."""
-    u = parse_url(url)
-    if not u.device:
-        raise ValueError(f"{url!r} names no device")
-    with connect(u.host_url) as host, host.open(u.device) as dev:
-        yield dev

@@ -313,7 +313,7 @@ class URLSerial(RemoteSerialBase):
     """
 
     def open(self) -> None:
-        from bridge.client import connect
+        from bridge.connect import connect
         from bridge.url import parse_url
 
         if self._port is None:

@@ -10,8 +10,9 @@ from pathlib import Path
 import bridge.drivers
 import pytest
 
-CLIENT_MODULES = ["bridge", "bridge.client", "bridge.protocol", "bridge.url", "bridge.timeout",
-                  "bridge.ioctl"]
+CLIENT_MODULES = ["bridge", "bridge.client", "bridge.connect", "bridge.batch", "bridge.protocol",
+                  "bridge.messages", "bridge.url", "bridge.timeout", "bridge.ioctl",
+                  "bridge.leaseclient"]
 DRIVERS = sorted(p.stem for p in Path(bridge.drivers.__file__).parent.glob("*.py")
                  if p.stem != "__init__")
 BLOCKED = ("fcntl", "termios", "resource")
