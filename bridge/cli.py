@@ -158,9 +158,9 @@ def _ca_issue(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from . import audit
+    from .host import Host
     from .manifest import load
     from .server import Server, parse_listen
-    from .session import Host
     from .sim import lab_manifest
     from .tls import check_listen
 

@@ -19,7 +19,7 @@ from serial.rfc2217 import PortManager
 from .serialhost import SerialHandle
 
 if TYPE_CHECKING:
-    from .session import Host
+    from .host import Host
 
 log = logging.getLogger("hwbridge.rfc2217")
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import __version__
+from .host import Host
 from .limits import Deadlines
 from .protocol import (
     FEATURES,
@@ -29,7 +30,7 @@ from .protocol import (
     Role,
     negotiate,
 )
-from .session import Host, Session
+from .session import Session
 from .tls import peer_names, server_context
 
 log = logging.getLogger("hwbridge.server")

@@ -6,20 +6,20 @@
 from __future__ import annotations
 
 import errno
-import importlib
+import functools
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from .audit import AuditLog, describe, outcome
-from .backend import Access, Backend, DeviceHandle, NodeHandle, Opened, OpInfo
+from .audit import describe, outcome
+from .backend import Access, DeviceHandle, NodeHandle, Opened, OpInfo
+from .host import Host
 from .leases import OPS as _LEASE_OPS
-from .leases import LeaseTable
-from .manifest import DeviceSpec, Manifest
+from .manifest import DeviceSpec
 from .protocol import Batch, BatchError, BatchReply, Call, Error, Event, Message, Ref, Reply
 from .shares import OPS as _SHARE_OPS
-from .shares import Share, ShareTable
+from .shares import Share
 from .tap import Tap
 from .timeout import PROBE, Deadline, WouldBlock
 
@@ -28,54 +28,6 @@ log = logging.getLogger("hwbridge.session")
 MAX_HANDLES = 1024
 MAX_WAITING = 64  # operations of one connection waiting on a thread at once
 NOW = Deadline(0)  # core ops that could wait (lease) do not, unless the caller says so
-
-
-class Host:
-    """What a device host serves: the manifest and the backends behind its devices."""
-
-    def __init__(self, manifest: Manifest, backends: dict[str, Backend] | None = None) -> None:
-        self.manifest = manifest
-        self.backends: dict[str, Backend] = dict(backends or {})
-        self.tap: Tap | None = None  # sees every operation (record, faults); see bridge/tap.py
-        self.leases = LeaseTable()  # exclusive leases and fencing (bridge/leases.py)
-        self.shares = ShareTable()  # capability tokens (bridge/shares.py)
-        self.audit: AuditLog | None = None  # the audit log, when configured (bridge/audit.py)
-        self._lock = threading.Lock()
-
-    def backend(self, name: str) -> Backend:
-        with self._lock:
-            b = self.backends.get(name)
-            if b is None:
-                b = self.backends[name] = _load_backend(name)
-            return b
-
-    def prepare(self) -> None:
-        """Let every backend check its devices before the first client arrives."""
-        for spec in self.manifest.devices.values():
-            self.backend(spec.backend).prepare(spec)
-
-    def device_list(self) -> list[dict[str, Any]]:
-        return [spec.public() for spec in self.manifest.devices.values()]
-
-    def close(self) -> None:
-        self.leases.close()
-        for b in self.backends.values():
-            b.close()
-        if self.audit is not None:
-            self.audit.close()
-
-
-# Backends by name: (module, class). Imported on first use, so a host without a kind's
-# dependencies still serves the rest, and the session never names a backend statically.
-BACKENDS = {"posix": ("bridge.posix", "PosixBackend"), "sim": ("bridge.sim", "SimBackend")}
-
-
-def _load_backend(name: str) -> Backend:
-    if name not in BACKENDS:
-        raise OSError(errno.ENODEV, f"no backend called {name!r}")
-    module, cls = BACKENDS[name]
-    backend: Backend = getattr(importlib.import_module(module), cls)()
-    return backend
 
 
 class _Entry:
@@ -313,11 +265,6 @@ class Session:
 
     def _wait_on_thread(self, c: Call, handle: DeviceHandle | None, info: OpInfo | None,
                         args: Sequence[Any], timeout: float | None) -> None:
-        with self._lock:
-            if self._waiting >= self.max_waiting:
-                raise BlockingIOError(errno.EAGAIN,
-                                      f"more than {self.max_waiting} waiting operations")
-            self._waiting += 1
         deadline = Deadline(timeout)
 
         def run() -> None:
@@ -326,13 +273,27 @@ class Session:
                                      else _invoke(handle, info, args, deadline))  # type: ignore[arg-type]
             except Exception as e:
                 msg = Error(c.id, *self._error(e, c.op, c.args))
-            finally:
-                with self._lock:
-                    self._waiting -= 1
             if not self.closed:
                 self.send(msg)
 
-        threading.Thread(target=run, name=f"hwbridge-wait-{c.op}", daemon=True).start()
+        self._on_thread(f"hwbridge-wait-{c.op}", run)
+
+    def _on_thread(self, name: str, run: Callable[[], None]) -> None:
+        """Run an operation that must wait on its own thread, counted against the limit."""
+        with self._lock:
+            if self._waiting >= self.max_waiting:
+                raise BlockingIOError(errno.EAGAIN,
+                                      f"more than {self.max_waiting} waiting operations")
+            self._waiting += 1
+
+        def counted() -> None:
+            try:
+                run()
+            finally:
+                with self._lock:
+                    self._waiting -= 1
+
+        threading.Thread(target=counted, name=name, daemon=True).start()
 
     def _batch(self, b: Batch, start: int, results: list[Any], on_thread: bool) -> None:
         """Run ops from ``start``; on the first op that must wait, go on in a thread."""
@@ -357,29 +318,14 @@ class Session:
                     elif on_thread:
                         results.append(_invoke(handle, info, hargs[:-1], Deadline(timeout)))
                     else:
-                        self._batch_on_thread(b, i, results)
+                        self._on_thread("hwbridge-batch",
+                                        functools.partial(self._batch, b, i, results, True))
                         return
             except Exception as e:
                 err = BatchError(i, *self._error(e, op, raw))
                 self.send(BatchReply(b.id, results, err))
                 return
         self.send(BatchReply(b.id, results, None))
-
-    def _batch_on_thread(self, b: Batch, start: int, results: list[Any]) -> None:
-        with self._lock:
-            if self._waiting >= self.max_waiting:
-                raise BlockingIOError(errno.EAGAIN,
-                                      f"more than {self.max_waiting} waiting operations")
-            self._waiting += 1
-
-        def run() -> None:
-            try:
-                self._batch(b, start, results, on_thread=True)
-            finally:
-                with self._lock:
-                    self._waiting -= 1
-
-        threading.Thread(target=run, name="hwbridge-batch", daemon=True).start()
 
     # -- dispatch -------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import logging
 from collections import Counter
 from typing import Any
 
+from bridge.host import Host
 from bridge.manifest import parse
 from bridge.protocol import (
     NEED_DATA,
@@ -28,7 +29,7 @@ from bridge.protocol import (
     Role,
     encode,
 )
-from bridge.session import Host, Session
+from bridge.session import Session
 
 #: What the inputs reached (for the smoke test and for a human watching a run).
 STATS: Counter[str] = Counter()

@@ -23,6 +23,7 @@ from bridge.sim.backend import register
 from bridge.sim.nodes import ZeroNode
 
 import bridge
+from bridge.host import Host
 from bridge.manifest import parse
 from bridge.protocol import (
     HEADER,
@@ -35,7 +36,7 @@ from bridge.protocol import (
     Role,
 )
 from bridge.server import Server
-from bridge.session import Host, Session
+from bridge.session import Session
 from bridge.testing import start_server
 
 from .conftest import ServerProc

@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
+from bridge.host import Host
 from bridge.manifest import parse
 from bridge.protocol import Batch, BatchReply, Call, Error, Message, Ref, Reply
-from bridge.session import Host, Session
+from bridge.session import Session
 
 
 class Wire:
