@@ -164,14 +164,14 @@ class Connection:
                 and len(data) > 8:
             body_len, data_len = unpack_header(data, 0)
             if not data_len and 8 + body_len == len(data) and body_len <= self.max_frame:
+                msg: Message | None
                 try:
                     msg = decode_body(unpackb(data[8:], ext_hook=ext_hook,
                                                strict_map_key=False), None)
-                except Exception:
-                    pass
-                else:
-                    if type(msg) in self._receivable:
-                        return [msg]
+                except Exception:  # malformed: the general path below reports it
+                    msg = None
+                if msg is not None and type(msg) in self._receivable:
+                    return [msg]
         self.receive_data(data)
         out: list[Message] = []
         while True:

@@ -38,7 +38,8 @@ class SimSerial(SerialHandle):
         return len(data)
 
     def apply_settings(self, new: LineSettings) -> None:
-        pass
+        """A simulated line has no baud rate or framing to get wrong: settings are kept
+        (and reported back by ``settings``) but change nothing on the wire."""
 
     def apply_lines(self) -> None:
         pass
