@@ -3,7 +3,8 @@
 # the per-connection table of opaque-handle tokens. A client never sees a pointer: an opaque
 # pointer becomes a random token valid only on the handle that received it, and every
 # pointer still open when the connection goes away is released through its declared close
-# function. Must not know how a call is executed (bridge/libworker.py) or about sockets.
+# function. Must not know how a call is executed (bridge/librunner.py, bridge/libworker.py)
+# or about sockets.
 from __future__ import annotations
 
 import errno
@@ -21,7 +22,7 @@ from .libdecl import (
     config_from_options,
     parse_declarations,
 )
-from .libworker import KILL_GRACE, Flight, InProcess, WorkerProcess
+from .librunner import KILL_GRACE, Flight, InProcess, WorkerProcess
 from .manifest import DeviceSpec
 from .timeout import Deadline
 
