@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from bridge.manifest import DeviceSpec
-from bridge.serialhost import LineSettings, SerialHandle
+from bridge.serialhost import RX_LIMIT, LineSettings, SerialHandle
 
 from .clock import clock
 
@@ -296,11 +296,15 @@ def dialog_model(description: Mapping[str, Any]) -> Any:
 class Source(SimSerial):
     """A port that sends a repeating pattern as fast as its reader takes it (benchmarks).
 
-    It starts when it receives its first byte, and never overfills the host buffer."""
-
-    chunk = bytes(range(256)) * 1024
+    It starts when it receives its first byte, and never overfills the host buffer. Each
+    delivery is ``chunk`` bytes (manifest option, a multiple of 256; default 256 KiB), as a
+    device driver hands over what it holds."""
 
     def __init__(self, spec: DeviceSpec) -> None:
+        size = spec.options.get("chunk", 256 * 1024)
+        if type(size) is not int or not 0 < size <= RX_LIMIT or size % 256:
+            raise ValueError(f"{spec.name}: chunk must be a multiple of 256 up to 1 MiB")
+        self.chunk = bytes(range(256)) * (size // 256)
         super().__init__(spec)
         self._go = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True,
