@@ -11,12 +11,16 @@ from typing import TYPE_CHECKING, Any
 import serial
 from serial.serialutil import PortNotOpenError, SerialException, SerialTimeoutException, Timeout
 
+from .serialbuf import ChunkBuffer
+
 if TYPE_CHECKING:
     from bridge.client import Client
     from bridge.protocol import Event
 
 WRITE_CHUNK = 1 << 20
 CATCH_UP = 5.0  # seconds in_waiting waits for pushed data already on its way
+#: Pushes at least this large switch the connection to exact-size receives (see _exact).
+EXACT_MIN = 64 * 1024  # bridge.protocol.BULK_DIRECT: below it, data sections are copied anyway
 
 __all__ = ["PortNotOpenError", "RemoteSerialBase", "Serial", "SerialException",
            "SerialTimeoutException", "URLSerial"]
@@ -41,13 +45,15 @@ class RemoteSerialBase(serial.SerialBase):  # type: ignore[misc]
         """
         self.client = client
         self._device = device
-        self._rx = bytearray()
+        self._rx = ChunkBuffer()
         self._rx_cv = threading.Condition()
         self._received = 0
         self._discard_until = 0
         self._early: list[Event] = []
         self._hid = None
         self._cancel = False
+        self._exact = False
+        self._detached = False
         self._handler = self._on_data
         client.on_event(self._handler, "serial.data", direct=True)
         try:
@@ -89,16 +95,33 @@ class RemoteSerialBase(serial.SerialBase):  # type: ignore[misc]
             if self._hid is None:
                 self._early.append(ev)
                 return
-            if ev.handle != self._hid or not isinstance(ev.payload, bytes):
+            if ev.handle != self._hid or self._detached or not isinstance(ev.payload, bytes):
                 return
             data = ev.payload
+            if (len(data) >= EXACT_MIN) is not self._exact and self.client is not None:
+                self._set_exact(self.client, not self._exact)
             start = self._received
             self._received += len(data)
             if start < self._discard_until:  # sent before a reset_input_buffer
                 data = data[self._discard_until - start:]
             if data:
-                self._rx += data
+                self._rx.append(data)
                 self._rx_cv.notify_all()
+
+    def _set_exact(self, client: Client, on: bool) -> None:
+        """Have the connection receive frames piece by piece at their exact size (on) or
+        in large reads (off); called with ``_rx_cv`` held.
+
+        While a port streams large pushes, each push's data section then arrives from one
+        recv(size, MSG_WAITALL) as the bytes object this buffer keeps and read() returns:
+        no copy on the client at all. The client offers this for bulk replies through its
+        ``_bulk`` count (see Client.call(bulk=True)); pushes of a slow line (small events)
+        switch it back off, so a port that trickles never costs other calls a recv more.
+        The count is not locked by the client: a lost update can only leave exact receives
+        on (or off), which changes how fast frames are received, never what is received.
+        """
+        client._bulk += 1 if on else -1
+        self._exact = on
 
     def _call(self, op: str, *args: Any) -> Any:
         if not self.is_open or self.client is None:
@@ -151,9 +174,12 @@ class RemoteSerialBase(serial.SerialBase):  # type: ignore[misc]
         if not self.is_open:
             raise PortNotOpenError()
         exp = bytes(expected)
+        scanned = 0  # bytes already searched: each wake-up searches only what is new
 
-        def done(buf: bytearray) -> int:
-            i = buf.find(exp)
+        def done(buf: ChunkBuffer) -> int:
+            nonlocal scanned
+            i = buf.find(exp, max(0, scanned - len(exp) + 1))
+            scanned = len(buf)
             if i >= 0 and (size is None or i + len(exp) <= size):
                 return i + len(exp)
             return size if size is not None and len(buf) >= size else -1
@@ -188,9 +214,7 @@ class RemoteSerialBase(serial.SerialBase):  # type: ignore[misc]
                     gap = Timeout(self._inter_byte_timeout)
                 seen = len(self._rx)
             self._cancel = False
-            out = bytes(self._rx[:n])
-            del self._rx[:n]
-            return out
+            return self._rx.take(n)
 
     def cancel_read(self) -> None:
         """Make a read waiting in another thread return now with what it has."""
@@ -274,6 +298,9 @@ class RemoteSerialBase(serial.SerialBase):  # type: ignore[misc]
         self.is_open = False
         client.remove_handler(self._handler)
         with self._rx_cv:
+            self._detached = True  # a push still being delivered leaves _exact be
+            if self._exact:
+                self._set_exact(client, False)
             self._rx_cv.notify_all()
         try:
             if not client.closed:
