@@ -1,6 +1,12 @@
 # Serial streaming from host to client: the push path (data arrives as events into the
 # client's buffer) against a raw TCP stream floor, and pyserial's rfc2217:// client on the
 # same simulated port (the export) for comparison. Same run, ratios only.
+#
+# The bridged stream and its floor are measured in alternating rounds (best of each), so a
+# change in the machine's load hits both alike; the port is closed during the floor's turn,
+# so the source does not keep pushing (and the client receiving) while the floor runs.
+# pyserial's rfc2217 client queues every received byte on its own (about 0.1 MB/s here), so
+# its comparison reads 1 MiB: the rate is the same, in a sixteenth of the time.
 from __future__ import annotations
 
 import socket
@@ -15,7 +21,8 @@ import bridge
 from .common import Row, start_server
 
 TOTAL = 64 << 20
-RFC_TOTAL = 16 << 20
+RFC_TOTAL = 1 << 20
+ROUNDS = 3
 MANIFEST = '[devices.src]\nkind = "serial"\nsim = "source"\n'
 
 _SENDER = r"""
@@ -75,11 +82,14 @@ def run() -> list[Row]:
     rfc = _free_port()
     rows: list[Row] = []
     with start_server(MANIFEST, "--rfc2217", f"src=127.0.0.1:{rfc}") as srv:
-        with bridge.connect(srv.url) as host, host.open("src") as port:
-            port.write(b"go")
-            drain(port, 4 << 20)  # warm up
-            bridged = max(drain(port, TOTAL) for _ in range(3))
-        floor = max(raw_stream(TOTAL) for _ in range(3))
+        bridged = floor = 0.0
+        with bridge.connect(srv.url) as host:
+            for _ in range(ROUNDS):
+                with host.open("src") as port:
+                    port.write(b"go")
+                    drain(port, 4 << 20)  # warm up
+                    bridged = max(bridged, drain(port, TOTAL))
+                floor = max(floor, raw_stream(TOTAL))
         rows.append(Row("serial stream host->client (push), 64 MiB", bridged, floor, "MB/s",
                         ">= 0.8x", higher_is_better=True))
         ser = serial.serial_for_url(f"rfc2217://127.0.0.1:{rfc}", timeout=10)
@@ -88,6 +98,6 @@ def run() -> list[Row]:
             rfc_rate = drain(ser, RFC_TOTAL)
         finally:
             ser.close()
-        rows.append(Row("same port via pyserial rfc2217:// (comparison), 16 MiB", rfc_rate,
+        rows.append(Row("same port via pyserial rfc2217:// (comparison), 1 MiB", rfc_rate,
                         floor, "MB/s", "", higher_is_better=True))
     return rows
