@@ -11,6 +11,7 @@ import errno
 import logging
 import secrets
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ from .libdecl import (
     config_from_options,
     parse_declarations,
 )
-from .librunner import KILL_GRACE, Flight, InProcess, WorkerProcess
+from .librunner import KILL_GRACE, Busy, Flight, InProcess, WorkerProcess, late
 from .manifest import DeviceSpec
 from .timeout import Deadline
 
@@ -32,6 +33,7 @@ log = logging.getLogger("hwbridge.library")
 # microseconds, and handing them to a thread would cost more than the call itself.
 INLINE_WAIT = 0.01
 MAX_TOKENS = 4096
+PARKED_TTL = 60.0  # a parked call nobody came back for is forgotten after this long
 
 Runner = InProcess | WorkerProcess
 
@@ -72,8 +74,9 @@ def shared_library(spec: DeviceSpec, path: str | None, standin: str | None = Non
 class _Parked:
     """A call that outlived its inline wait; the session's thread comes back for it."""
 
-    key: tuple[str, Any]
+    args: list[Any]  # the very request's argument list: the session passes it again
     flight: Flight
+    since: float
 
 
 class LibraryHandle(DeviceHandle):
@@ -106,42 +109,77 @@ class LibraryHandle(DeviceHandle):
             raise TypeError(f"{fname} takes {len(sig.inputs)} arguments "
                             f"({', '.join(sig.inputs)})")
         if deadline.probe:
-            flight = self.runner.try_begin(fname, self._to_worker(sig, args))
-            if flight is None:
-                deadline.expire(fname)  # busy: wait for the library on a thread
-            if not flight.wait(INLINE_WAIT):
-                self._park((fname, args), flight, sig)
-                deadline.expire(fname)
-            return self._finish(sig, flight)
-        flight = self._claim((fname, args))
+            return self._probe(sig, args, deadline)
         limit = _min(sig.timeout, None if deadline.timeout == 0 else deadline.remaining())
-        if flight is None:
-            flight = self.runner.begin(fname, self._to_worker(sig, args), limit)
-            if not flight.wait(limit):
-                flight.kill(_late(sig, limit))
-                flight.wait(KILL_GRACE)
-        elif not flight.wait_done(limit):
-            flight.kill(_late(sig, limit))
-            flight.wait_done(KILL_GRACE)
-        return self._finish(sig, flight)
+        parked = self._unpark(args)
+        if parked is None:
+            wargs = self._to_worker(sig, args) if sig.handle_inputs else args
+            try:
+                values = self.runner.call(fname, wargs, limit, late(limit))
+            except Busy:
+                raise
+            except BaseException:
+                self._closing(sig, args)
+                raise
+            self._closing(sig, args)
+            return self._outputs(sig, values)
+        if not parked.wait(limit):
+            parked.kill(late(limit))
+            parked.wait(KILL_GRACE)
+        return self._outputs(sig, parked.result())
 
-    # Equal calls in flight at once on one connection are interchangeable (the client sent
-    # them concurrently, so no order between them exists): any of them may take the result.
-    def _park(self, key: tuple[str, Any], flight: Flight, sig: Signature) -> None:
+    def _probe(self, sig: Signature, args: list[Any], deadline: Deadline) -> list[Any]:
+        """The call inline if it answers within INLINE_WAIT; else WouldBlock, and the call
+        runs on, parked, until the session's thread comes back for it with the same
+        request (see :meth:`_park`)."""
+        if self._parked:
+            parked = self._find(args)
+            if parked is not None:  # the session probes a request again before it waits
+                if not parked.done:
+                    deadline.expire(sig.name)
+                self._unpark(args)
+                return self._outputs(sig, parked.result())
+        wargs = self._to_worker(sig, args) if sig.handle_inputs else args
+        try:
+            out = self.runner.try_call(sig.name, wargs, INLINE_WAIT)
+        except BaseException:
+            self._closing(sig, args)
+            raise
+        if out is None:
+            deadline.expire(sig.name)  # another call holds the library: wait on a thread
+        if sig.closes is not None:
+            self._closing(sig, args)
+        if isinstance(out, Flight):
+            self._park(args, out, sig)
+            deadline.expire(sig.name)
+        return self._outputs(sig, out) if sig.handle_outputs else out
+
+    # A parked call is matched by the identity of its argument list: the session hands the
+    # same request's list to the thread that comes back for it, and no other request can
+    # hold that object. (An equal request from the client is a different call.)
+    def _park(self, args: list[Any], flight: Flight, sig: Signature) -> None:
+        now = time.monotonic()
         with self._lock:
-            self._parked.append(_Parked(key, flight))
+            self._parked = [p for p in self._parked
+                            if not (p.flight.done and now - p.since > PARKED_TTL)]
+            self._parked.append(_Parked(args, flight, now))
+        # The reader finishes the call even if nobody comes back for it.
+        threading.Thread(target=flight.run, args=(sig.timeout,),
+                         name=f"hwbridge-lib-{sig.name}", daemon=True).start()
 
-        def reader() -> None:  # finishes the call even if nobody comes back for it
-            if not flight.wait(sig.timeout):
-                flight.kill(_late(sig, sig.timeout))
-                flight.wait(KILL_GRACE)
+    def _find(self, args: list[Any]) -> Flight | None:
+        with self._lock:
+            for p in self._parked:
+                if p.args is args:
+                    return p.flight
+        return None
 
-        threading.Thread(target=reader, name=f"hwbridge-lib-{sig.name}", daemon=True).start()
-
-    def _claim(self, key: tuple[str, Any]) -> Flight | None:
+    def _unpark(self, args: list[Any]) -> Flight | None:
+        if not self._parked:
+            return None
         with self._lock:
             for i, p in enumerate(self._parked):
-                if p.key == key:
+                if p.args is args:
                     del self._parked[i]
                     return p.flight
         return None
@@ -162,12 +200,15 @@ class LibraryHandle(DeviceHandle):
                 raise OSError(errno.EBADF, f"{sig.name}: {name} was opened before the "
                                            "library's worker restarted")
             out[i] = entry[1]
-            if sig.closes is not None:
-                self._tokens.pop(args[i], None)
         return out
 
-    def _finish(self, sig: Signature, flight: Flight) -> list[Any]:
-        values = flight.result()
+    def _closing(self, sig: Signature, args: list[Any]) -> None:
+        """Once a close function was called, its token is no longer a handle."""
+        if sig.closes is not None and isinstance(args[0], bytes):
+            self._tokens.pop(args[0], None)
+
+    def _outputs(self, sig: Signature, values: list[Any]) -> list[Any]:
+        """The call's outputs with each opaque pointer replaced by a token."""
         for i, htype in sig.handle_outputs:  # returned, or through a struct dev ** out-param
             if values[i] is not None:
                 values[i] = self._token(values[i], htype)
@@ -185,11 +226,7 @@ class LibraryHandle(DeviceHandle):
         closer = self.shared.config.handles[htype]
         sig = self.sigs[closer]
         try:
-            flight = self.runner.begin(closer, [wid], sig.timeout)
-            if not flight.wait(sig.timeout):
-                flight.kill(_late(sig, sig.timeout))
-                flight.wait(KILL_GRACE)
-            flight.result()
+            self.runner.call(closer, [wid], sig.timeout, late(sig.timeout))
         except Exception as e:
             log.warning("%s: %s: releasing a handle: %s", self.spec.name, closer, e)
 
@@ -200,6 +237,7 @@ class LibraryHandle(DeviceHandle):
         self.closed = True
         with self._lock:
             tokens, self._tokens = self._tokens, {}
+            self._parked = []
         for gen, wid, htype in tokens.values():
             if gen == self.runner.generation:
                 self._release(wid, htype)
@@ -210,7 +248,3 @@ class LibraryHandle(DeviceHandle):
 
 def _min(a: float, b: float | None) -> float:
     return a if b is None else min(a, b)
-
-
-def _late(sig: Signature, limit: float) -> str:
-    return f"no answer within {limit:g} s; the worker was killed and restarts"

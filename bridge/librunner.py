@@ -1,100 +1,70 @@
 # The runners that host a library's Engine: InProcess (isolation "none", in the server
 # process) and WorkerProcess (isolation "process", the default: a crash or a hang takes down
-# only the worker, which restarts on the next call), and the Flight of one call through
-# them. Must not know about the wire protocol, sessions or client tokens (bridge/library.py).
+# only the worker, which restarts on the next call), and the Flight of a call that outlived
+# its inline wait. Must not know about the wire protocol, sessions or client tokens
+# (bridge/library.py).
+#
+# One call at a time per library: the runner's lock is held from sending a call until its
+# reply is read (or the worker is gone), by whichever thread does that.
 from __future__ import annotations
 
 import errno
+import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 from typing import Any
 
 from .libdecl import LibraryConfig
-from .libworker import Engine, recv_msg, reply_value, send_msg
+from .libworker import Channel, Engine, reply_value
 
 START_TIMEOUT = 60.0
 KILL_GRACE = 5.0
 
 
-class Flight:
-    """One call on its way through a runner; holds the runner's lock until it completes."""
+class Busy(TimeoutError):
+    """Another call held the library for the whole wait: this call was never sent."""
 
-    def __init__(self, runner: InProcess | WorkerProcess, fname: str) -> None:
+
+class Flight:
+    """A worker call still running after its inline wait.
+
+    A reader thread collects its reply (killing the worker if the call is late); the
+    thread that comes back for the call waits for that.
+    """
+
+    def __init__(self, runner: WorkerProcess, fname: str) -> None:
         self.runner = runner
         self.fname = fname
-        self.finished = False
-        self._event: threading.Event | None = None  # made only for someone who waits
         self.values: list[Any] = []
         self.error: BaseException | None = None
-        self._timed_out = ""
-        self._reading = threading.Lock()
-        self._state = threading.Lock()
+        self._done = threading.Event()
 
-    def finish(self, values: list[Any] | None, error: BaseException | None) -> None:
-        with self._state:
-            if self.finished:
-                return
-            self.values, self.error = values or [], error
-            self.finished = True
-            event = self._event
-        self.runner._lock.release()
-        if event is not None:
-            event.set()
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
 
-    def wait_done(self, timeout: float | None) -> bool:
-        """Wait for another thread to finish this flight (see :meth:`wait`)."""
-        with self._state:
-            if self.finished:
-                return True
-            if self._event is None:
-                self._event = threading.Event()
-            event = self._event
-        return event.wait(timeout)
+    def run(self, timeout: float) -> None:
+        """The reader thread: the reply, or the worker killed ``timeout`` s from now."""
+        try:
+            self.values = self.runner.finish(self.fname, timeout, late(timeout))
+        except BaseException as e:
+            self.error = e
+        self._done.set()
 
     def wait(self, timeout: float | None) -> bool:
-        """Read the reply, at most ``timeout`` seconds; True once the flight is done."""
-        if self.finished:
-            return True
-        runner = self.runner
-        assert isinstance(runner, WorkerProcess)
-        with self._reading:
-            if self.finished:
-                return True
-            sock = runner._sock
-            assert sock is not None
-            try:
-                sock.settimeout(timeout)
-                reply = recv_msg(sock)
-            except TimeoutError:
-                return False
-            except OSError:
-                reply = None
-            if reply is None:
-                reason = runner._reap()
-                err: OSError = (TimeoutError(errno.ETIMEDOUT, f"{self.fname}: {self._timed_out}")
-                                if self._timed_out else
-                                OSError(errno.EIO, f"{self.fname}: {reason}; the worker is "
-                                                   "restarted for the next call"))
-                self.finish(None, err)
-            else:
-                try:
-                    self.finish(reply_value(reply), None)
-                except Exception as e:
-                    self.finish(None, e)
-            return True
+        """True once the call is over (its reply read or its worker gone)."""
+        return self._done.wait(timeout)
 
     def kill(self, why: str) -> None:
-        """Give up on a call past its deadline: kill the worker (the reader sees it die)."""
-        with self._state:
-            if self.finished:
-                return
-            self._timed_out = why
-        self.runner._kill()
+        """Give up on the call: kill the worker (the reader thread sees it die)."""
+        if not self._done.is_set():
+            self.runner.kill_late(why)
 
     def result(self) -> list[Any]:
+        if not self._done.is_set():
+            raise TimeoutError(errno.ETIMEDOUT, f"{self.fname}: the worker did not stop")
         if self.error is not None:
             raise self.error
         return self.values
@@ -108,28 +78,29 @@ class InProcess:
     def __init__(self, cfg: LibraryConfig) -> None:
         self.engine = Engine(cfg)
         self.generation = 1
+        self._plans = self.engine.plans
         self._lock = threading.Lock()
 
-    def try_begin(self, fname: str, args: Any) -> Flight | None:
+    def try_call(self, fname: str, args: Any, wait: float) -> list[Any] | None:
+        """The call's outputs; None if another call holds the library.
+
+        ``fname`` is a declared function (the caller checked): its plan is called directly.
+        """
         if not self._lock.acquire(blocking=False):
             return None
-        return self._run(fname, args)
-
-    def begin(self, fname: str, args: Any, timeout: float | None) -> Flight:
-        if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
-            raise TimeoutError(errno.ETIMEDOUT, f"{fname}: the library stayed busy")
-        return self._run(fname, args)
-
-    def _run(self, fname: str, args: Any) -> Flight:
-        f = Flight(self, fname)
         try:
-            f.finish(self.engine.call(fname, args), None)
-        except BaseException as e:
-            f.finish(None, e)
-        return f
+            return self._plans[fname](args)
+        finally:
+            self._lock.release()
 
-    def _kill(self) -> None:
-        """A call in this process cannot be stopped; it finishes when it finishes."""
+    def call(self, fname: str, args: Any, timeout: float | None, why_late: str) -> list[Any]:
+        """The call's outputs, waiting at most ``timeout`` s for the library to be free."""
+        if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
+            raise Busy(errno.ETIMEDOUT, f"{fname}: the library stayed busy")
+        try:
+            return self.engine.call(fname, args)
+        finally:
+            self._lock.release()
 
 
 class WorkerProcess:
@@ -142,46 +113,115 @@ class WorkerProcess:
         self.generation = 0
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
-        self._sock: socket.socket | None = None
+        self._chan: Channel | None = None
+        self._late = ""  # why the call in flight was given up (its worker killed)
 
-    def try_begin(self, fname: str, args: Any) -> Flight | None:
+    def try_call(self, fname: str, args: Any, wait: float) -> list[Any] | Flight | None:
+        """The call's outputs if they come within ``wait`` s; a Flight if the call is still
+        running then; None if another call holds the library."""
         if not self._lock.acquire(blocking=False):
             return None
-        return self.send_msg(fname, args)
+        self._send(fname, args)
+        values = self._read(fname, wait)
+        return Flight(self, fname) if values is None else values
 
-    def begin(self, fname: str, args: Any, timeout: float | None) -> Flight:
+    def call(self, fname: str, args: Any, timeout: float | None, why_late: str) -> list[Any]:
+        """The call's outputs; past ``timeout`` s the worker is killed (``why_late``)."""
         if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
-            raise TimeoutError(errno.ETIMEDOUT, f"{fname}: the library stayed busy")
-        return self.send_msg(fname, args)
+            raise Busy(errno.ETIMEDOUT, f"{fname}: the library stayed busy")
+        self._send(fname, args)
+        return self.finish(fname, timeout, why_late)
 
-    def send_msg(self, fname: str, args: Any) -> Flight:
+    def finish(self, fname: str, timeout: float | None, why_late: str) -> list[Any]:
+        """The outputs of the call in flight; past ``timeout`` s the worker is killed."""
+        values = self._read(fname, timeout)
+        if values is None:
+            self.kill_late(why_late)
+            values = self._read(fname, KILL_GRACE)
+            if values is None:  # not even SIGKILL ended it in time: give up on that worker
+                self._reap()
+                self._lock.release()
+                raise TimeoutError(errno.ETIMEDOUT, f"{fname}: {why_late}")
+        return values
+
+    def kill_late(self, why: str) -> None:
+        """Give up on the call in flight: its reader sees the worker die and says ``why``."""
+        self._late = why
+        self._kill()
+
+    # -- one call: the lock is held from _send until _read returns the outcome ------------
+
+    def _send(self, fname: str, args: Any) -> None:
+        chan = self._chan
+        if chan is None:
+            try:
+                chan = self._start()
+            except BaseException:
+                self._lock.release()
+                raise
+        self._late = ""
         try:
-            self._ensure()
-            assert self._sock is not None
-            send_msg(self._sock, [fname, args])
-        except BaseException:
+            chan.send([fname, args])
+        except OSError:  # the worker is gone
+            self._kill()
+            reason = self._reap()
+            self._lock.release()
+            raise OSError(errno.EIO, f"{fname}: {reason}; the worker is restarted for the "
+                                     "next call") from None
+        except BaseException:  # nothing was sent (a value msgpack cannot carry)
             self._lock.release()
             raise
-        return Flight(self, fname)
 
-    def _ensure(self) -> None:
-        if self._proc is not None:
-            return
-        ours, theirs = socket.socketpair()
+    def _read(self, fname: str, timeout: float | None) -> list[Any] | None:
+        """The call's outputs (or its error raised) and the lock released; None (the lock
+        still held) if no reply came within ``timeout`` s."""
+        chan = self._chan
+        assert chan is not None
         try:
-            proc = subprocess.Popen([sys.executable, "-m", "bridge.libworker",
-                                     str(theirs.fileno())], pass_fds=[theirs.fileno()],
+            reply = chan.recv(timeout)
+        except TimeoutError:
+            return None
+        except OSError:
+            reply = None
+        except BaseException:  # not a reply we can read: this worker is done
+            self._kill()
+            self._reap()
+            self._lock.release()
+            raise
+        if reply is None:  # the worker died: crashed, exited, or killed for being late
+            reason, why = self._reap(), self._late
+            self._lock.release()
+            if why:
+                raise TimeoutError(errno.ETIMEDOUT, f"{fname}: {why}")
+            raise OSError(errno.EIO, f"{fname}: {reason}; the worker is restarted for the "
+                                     "next call")
+        self._lock.release()
+        if reply[0] == 0:
+            values: list[Any] = reply[1]
+            return values
+        return reply_value(reply)  # raises the call's error
+
+    # -- the worker's life ----------------------------------------------------------------
+
+    def _start(self) -> Channel:
+        calls_r, calls_w = os.pipe()
+        replies_r, replies_w = os.pipe()
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", "bridge.libworker", str(calls_r),
+                                     str(replies_w)], pass_fds=[calls_r, replies_w],
                                     stdin=subprocess.DEVNULL)
         except OSError:
-            ours.close()
+            os.close(calls_w)
+            os.close(replies_r)
             raise
-        finally:
-            theirs.close()
-        self._proc, self._sock = proc, ours
+        finally:  # only the worker holds these: its death is end of stream for us
+            os.close(calls_r)
+            os.close(replies_w)
+        chan = Channel(replies_r, calls_w)
+        self._proc, self._chan = proc, chan
         try:
-            send_msg(ours, self.cfg.to_wire())
-            ours.settimeout(START_TIMEOUT)
-            reply = recv_msg(ours)
+            chan.send(self.cfg.to_wire())
+            reply = chan.recv(START_TIMEOUT)
             if reply is None:
                 raise OSError(errno.EIO, f"library {self.cfg.name}: the worker died while "
                                          f"starting ({self._reap()})")
@@ -191,17 +231,19 @@ class WorkerProcess:
             self._reap()
             raise
         self.generation += 1
+        return chan
 
     def _kill(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
 
     def _reap(self) -> str:
         """Collect a dead (or killed) worker; the next call starts a new one."""
-        proc, sock = self._proc, self._sock
-        self._proc = self._sock = None
-        if sock is not None:
-            sock.close()
+        proc, chan = self._proc, self._chan
+        self._proc = self._chan = None
+        if chan is not None:
+            chan.close()
         if proc is None:
             return "worker gone"
         try:
@@ -221,3 +263,8 @@ class WorkerProcess:
         with self._lock:
             self._kill()
             self._reap()
+
+
+def late(limit: float) -> str:
+    """Why a call was given up after ``limit`` seconds."""
+    return f"no answer within {limit:g} s; the worker was killed and restarts"

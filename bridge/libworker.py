@@ -1,26 +1,38 @@
 # Calling a native library: the Engine (marshal plain values into cffi cdata, call, read the
-# results back, keep the library's opaque pointers in a table) and the worker process's main
-# loop. The runners that host an Engine, in this process or in that worker, are
-# bridge/librunner.py. The worker speaks length-prefixed msgpack over a socketpair: no
+# results back, keep the library's opaque pointers in a table), the Channel that carries
+# calls and replies between the host and the worker process, and the worker's main loop.
+# The runners that host an Engine, in this process or in that worker, are
+# bridge/librunner.py. The worker speaks length-prefixed msgpack over two pipes: no
 # pickle, and no pointer ever leaves it.
+#
+# Each function's marshalling is planned once, when the library is loaded: the plan holds
+# the function's converters, readers and positions, so a call runs no declaration lookups.
 # Must not know about the wire protocol, sessions or client tokens (bridge/library.py).
 from __future__ import annotations
 
 import errno
 import importlib
+import math
 import os
+import select
 import signal
-import socket
 import struct
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgpack
 
-from .libdecl import DeclarationError, LibraryConfig, parse_declarations
+from .libdecl import DeclarationError, LibraryConfig, Signature, parse_declarations
 
 _LEN = struct.Struct(">I")
+_CHUNK = 64 * 1024
+_SEQUENCES = (list, tuple)
+
+Plan = Callable[[Sequence[Any]], list[Any]]  # the caller's inputs -> the function's outputs
+Convert = Callable[[Any], Any]  # a caller's value -> a checked C value
+Make = Callable[[list[Any]], tuple[Any, int]]  # values by parameter -> (C argument, count)
+Read = Callable[[Any, int], Any]  # (cdata, item count) -> a plain value
 
 
 class Engine:
@@ -33,7 +45,6 @@ class Engine:
         self._handles: dict[int, tuple[str, Any]] = {}
         self._next = 1
         self._callback_error: BaseException | None = None
-        self._where = {f: {n: f"{f}: {n}" for n, _ in sig.params} for f, sig in self.sigs.items()}
         if cfg.standin is not None:
             module = importlib.import_module(cfg.standin)
             for name, sig in self.sigs.items():
@@ -54,94 +65,187 @@ class Engine:
                 except AttributeError:
                     raise DeclarationError(f"library {cfg.name}: {cfg.path} has no symbol "
                                            f"{name}") from None
+        self.plans: dict[str, Plan] = {n: self._plan(s) for n, s in self.sigs.items()}
 
     def _onerror(self, et: type[BaseException], ev: BaseException, tb: object) -> None:
         self._callback_error = ev
 
     def call(self, fname: str, args: Sequence[Any]) -> list[Any]:
         """Call ``fname`` with the caller's inputs; [return value, out values..., errno]."""
-        sig = self.sigs.get(fname)
-        if sig is None:
+        plan = self.plans.get(fname) if isinstance(fname, str) else None
+        if plan is None:
             raise PermissionError(errno.EACCES, f"{fname} is not a function the manifest "
                                                 "lets clients call")
-        if not isinstance(args, list | tuple) or len(args) != len(sig.inputs):
-            raise TypeError(f"{fname} takes {len(sig.inputs)} arguments "
-                            f"({', '.join(sig.inputs)})")
-        given = dict(zip(sig.inputs, args, strict=True))
-        wheres = self._where[fname]
-        for sp, bufs in sig.derived.items():
-            lens = {_length(given[b], f"{fname}: {b}") for b in bufs}
-            if len(lens) != 1:
-                raise ValueError(f"{fname}: {', '.join(bufs)} must have the same length")
-            given[sp] = lens.pop()
-        cargs: list[Any] = []
-        outs: list[tuple[dict[str, Any], Any, int]] = []
-        cds: dict[str, Any] = {}
-        for name, d in sig.params:
-            where = wheres[name]
-            if d["k"] == "buffer":
-                cd, count = self._buffer(d, given, name, where)
-                if d["dir"] != "in":
-                    outs.append((d, cd, count))
-                cargs.append(cd)
-                cds[name] = cd
-            elif d["k"] == "handle":
-                cargs.append(self._pointer(d["type"], given[name], where))
-            elif d["k"] == "str":
-                cargs.append(self.ffi.new("char[]", _cstring(given[name], where)))
+        return plan(args)
+
+    # -- planning ---------------------------------------------------------------------------
+
+    def _plan(self, sig: Signature) -> Plan:
+        """The function that calls ``sig`` with a caller's inputs, built once."""
+        ffi, fn, fname = self.ffi, self._fns[sig.name], sig.name
+        n_inputs = len(sig.inputs)
+        usage = f"{fname} takes {n_inputs} arguments ({', '.join(sig.inputs)})"
+        pos = {n: i for i, (n, _) in enumerate(sig.params)}
+        converts = [self._convert(d, f"{fname}: {n}") for n, d in sig.params]
+        # Only ints: cffi itself refuses a non-int or an out-of-range value exactly as the
+        # converters would, before anything is called, so the inputs go to the function as
+        # they are and the converters run only to say which argument was wrong.
+        direct = all(d["k"] == "int" for _, d in sig.params)
+        makers = [self._maker(d, i, pos, converts[i], f"{fname}: {n}")
+                  for i, (n, d) in enumerate(sig.params)]
+        n_params = len(sig.params)
+        input_pos = [pos[n] for n in sig.inputs]
+        derived = [(pos[sp], [(pos[b], f"{fname}: {b}") for b in bufs],
+                    f"{fname}: {', '.join(bufs)} must have the same length")
+                   for sp, bufs in sig.derived.items()]
+        outs = [(pos[n], self._buffer_reader(d), pos.get(d.get("size_ptr", ""), -1))
+                for n, d in sig.params if d["k"] == "buffer" and d["dir"] != "in"]
+        rk = sig.result["k"]
+        has_result = rk != "void"
+        read_result = self._reader(sig.result)
+        raising, reporting = sig.errno == "raise", sig.errno == "report"
+        track_errno = raising or reporting
+        null_fails = rk in ("handle", "str")
+        standin = self.cfg.standin is not None
+        closes = sig.closes is not None
+        handles = self._handles
+
+        def plan(args: Sequence[Any]) -> list[Any]:
+            if type(args) not in _SEQUENCES or len(args) != n_inputs:
+                raise TypeError(usage)
+            made: list[tuple[Any, int]] = []
+            if direct:
+                cargs: Sequence[Any] = args
             else:
-                cargs.append(self._cvalue(d, given[name], where))
-        ffi = self.ffi
-        self._callback_error = None
-        ffi.errno = 0
-        ret = self._fns[fname](*cargs)
-        err = ffi.errno
-        if self._callback_error is not None:
-            e, self._callback_error = self._callback_error, None
-            raise e
-        result: list[Any] = []
-        if sig.result["k"] != "void":
-            failed = (ret == ffi.NULL) if sig.result["k"] in ("handle", "str") else \
-                (sig.result["k"] == "int" and ret < 0)
-            if sig.errno == "raise" and failed:
-                raise OSError(err or errno.EIO, f"{fname}: {os.strerror(err or errno.EIO)}")
-            result.append(self._out(sig.result, ret))
-        for d, cd, count in outs:
-            if "size_ptr" in d:  # the library says how much it wrote: never past count
-                count = max(0, min(int(cds[d["size_ptr"]][0]), count))
-            result.append(self._read_buffer(d, cd, count))
-        if sig.errno == "report":
-            result.append(err)
-        if sig.closes is not None:
-            self._handles.pop(given[sig.inputs[0]], None)
-        return result
+                vals: list[Any] = [None] * n_params
+                for p, v in zip(input_pos, args, strict=True):
+                    vals[p] = v
+                for p, bufs, mismatch in derived:
+                    lens = {_length(vals[b], where) for b, where in bufs}
+                    if len(lens) != 1:
+                        raise ValueError(mismatch)
+                    vals[p] = lens.pop()
+                made = [make(vals) for make in makers]
+                cargs = [cd for cd, _ in made]
+            if track_errno:
+                ffi.errno = 0
+            if standin:
+                self._callback_error = None
+            try:
+                ret = fn(*cargs)
+            except (TypeError, OverflowError):
+                if direct:  # say which argument cffi refused
+                    for convert, v in zip(converts, args, strict=True):
+                        convert(v)
+                raise
+            err = ffi.errno if track_errno else 0
+            if standin and self._callback_error is not None:
+                e, self._callback_error = self._callback_error, None
+                raise e
+            result: list[Any] = []
+            if has_result:
+                if raising and ((ret == ffi.NULL) if null_fails else ret < 0):
+                    code = err or errno.EIO
+                    raise OSError(code, f"{fname}: {os.strerror(code)}")
+                result.append(ret if read_result is None else read_result(ret))
+            for p, read, size_ptr in outs:
+                cd, count = made[p]
+                if size_ptr >= 0:  # the library says how much it wrote: never past count
+                    count = max(0, min(int(made[size_ptr][0][0]), count))
+                result.append(read(cd, count))
+            if reporting:
+                result.append(err)
+            if closes:
+                handles.pop(args[0], None)
+            return result
 
-    # -- marshalling ----------------------------------------------------------------------
+        return plan
 
-    def _buffer(self, d: dict[str, Any], given: dict[str, Any], name: str,
-                where: str) -> tuple[Any, int]:
-        ffi, ctype = self.ffi, d["ctype"]
+    def _maker(self, d: dict[str, Any], p: int, pos: dict[str, int], convert: Convert,
+               where: str) -> Make:
+        """How parameter ``p``'s C argument is made from the values by parameter position."""
+        ffi, k = self.ffi, d["k"]
+        if k == "handle":
+            htype = d["type"]
+            return lambda vals: (self._pointer(htype, vals[p], where), 0)
+        if k == "str":
+            return lambda vals: (ffi.new("char[]", _cstring(vals[p], where)), 0)
+        if k != "buffer":
+            return lambda vals: (convert(vals[p]), 0)
+        ctype, direction = d["ctype"], d["dir"]
         if d.get("single"):
-            init = None if d["dir"] == "out" else self._init(d["elem"], given[name], where)
-            return ffi.new(f"{ctype} *", init), 1
-        if d["dir"] == "out":
+            ptr_t = ffi.typeof(f"{ctype} *")
+            if direction == "out":
+                return lambda vals: (ffi.new(ptr_t), 1)
+            init = self._convert(d["elem"], where)
+            return lambda vals: (ffi.new(ptr_t, init(vals[p])), 1)
+        array_t, itemsize = ffi.typeof(f"{ctype}[]"), ffi.sizeof(ctype)
+        if direction == "out":
             sp = d.get("size_param", d.get("size_ptr"))
-            count = d["size"] if sp is None else given[sp]
-            if type(count) is not int or count < 0:
-                raise ValueError(f"{where}: the size must be a non-negative integer")
-            if count * ffi.sizeof(ctype) > self.cfg.max_buffer:
-                raise ValueError(f"{where}: {count} items exceed max_buffer "
-                                 f"({self.cfg.max_buffer} bytes)")
-            return ffi.new(f"{ctype}[]", count), count
-        value = given[name]
-        count = _length(value, where)
-        if "size" in d and count != d["size"]:
-            raise ValueError(f"{where}: needs exactly {d['size']} items, got {count}")
+            fixed, sp_pos = d.get("size", 0), pos.get(sp or "", -1)
+            limit = self.cfg.max_buffer
+
+            def out_buffer(vals: list[Any]) -> tuple[Any, int]:
+                count = fixed if sp_pos < 0 else vals[sp_pos]
+                if type(count) is not int or count < 0:
+                    raise ValueError(f"{where}: the size must be a non-negative integer")
+                if count * itemsize > limit:
+                    raise ValueError(f"{where}: {count} items exceed max_buffer "
+                                     f"({limit} bytes)")
+                return ffi.new(array_t, count), count
+
+            return out_buffer
+        exact, is_bytes = d.get("size"), d["bytes"]
+        elem = self._convert(d["elem"], where)
+
+        def in_buffer(vals: list[Any]) -> tuple[Any, int]:
+            value = vals[p]
+            count = _length(value, where)
+            if exact is not None and count != exact:
+                raise ValueError(f"{where}: needs exactly {exact} items, got {count}")
+            if is_bytes:
+                cd = ffi.new(array_t, count)
+                ffi.memmove(cd, value, count)
+                return cd, count
+            return ffi.new(array_t, [elem(v) for v in value]), count
+
+        return in_buffer
+
+    def _convert(self, d: dict[str, Any], where: str) -> Convert:
+        """A checked cffi initializer for values of type ``d``."""
+        k = d["k"]
+        if k == "int":
+            lo, hi = d["min"], d["max"]
+
+            def integer(v: Any) -> Any:
+                if type(v) is int and lo <= v <= hi:
+                    return v
+                return self._cvalue(d, v, where)
+
+            return integer
+        if k in ("struct", "array"):
+            return lambda v: self._init(d, v, where)
+        if k in ("float", "bool", "char", "enum"):
+            return lambda v: self._cvalue(d, v, where)
+        return lambda v: v  # handles and strings have makers of their own
+
+    def _reader(self, d: dict[str, Any]) -> Callable[[Any], Any] | None:
+        """How a returned C value of type ``d`` becomes a plain value; None: as it is."""
+        if d["k"] in ("int", "float", "char", "enum", "void"):
+            return None
+        return lambda cd: self._out(d, cd)
+
+    def _buffer_reader(self, d: dict[str, Any]) -> Read:
+        ffi, elem = self.ffi, d["elem"]
+        read = self._reader(elem) or (lambda x: x)
+        if d.get("single"):
+            return lambda cd, count: read(cd[0])
         if d["bytes"]:
-            cd = ffi.new(f"{ctype}[]", count)
-            ffi.memmove(cd, value, count)
-            return cd, count
-        return ffi.new(f"{ctype}[]", [self._init(d["elem"], v, where) for v in value]), count
+            itemsize = ffi.sizeof(d["ctype"])
+            return lambda cd, count: bytes(ffi.buffer(cd, count * itemsize))
+        return lambda cd, count: [read(cd[i]) for i in range(count)]
+
+    # -- values ---------------------------------------------------------------------------
 
     def _init(self, d: dict[str, Any], v: Any, where: str) -> Any:
         """A checked cffi initializer for a value of type ``d``."""
@@ -228,13 +332,6 @@ class Engine:
             return bool(cd)
         return cd
 
-    def _read_buffer(self, d: dict[str, Any], cd: Any, count: int) -> Any:
-        if d.get("single"):
-            return self._out(d["elem"], cd[0])
-        if d["bytes"]:
-            return bytes(self.ffi.buffer(cd, count * self.ffi.sizeof(d["ctype"])))
-        return [self._out(d["elem"], cd[i]) for i in range(count)]
-
 
 def _length(v: Any, where: str) -> int:
     if isinstance(v, bytes | bytearray | list | tuple | str):
@@ -273,48 +370,93 @@ def reply_value(reply: list[Any]) -> list[Any]:
     raise (TypeError if reply[1] == "TypeError" else ValueError)(reply[2])
 
 
-# -- the worker process ----------------------------------------------------------------------
+# -- the channel between the host and the worker ------------------------------------------
 
-def send_msg(sock: socket.socket, obj: Any) -> None:
-    body = msgpack.packb(obj, use_bin_type=True)
-    sock.sendall(_LEN.pack(len(body)) + body)
+class Channel:
+    """One end of the host-worker link: two pipes, one each way, carrying frames of
+    u32 length | msgpack body.
 
-
-def recv_msg(sock: socket.socket) -> Any:
-    """One frame; None at end of stream. Honours the socket's timeout (socket.timeout).
-
-    Calls strictly alternate with replies, so a frame never shares a read with the next.
+    A call costs one write and one read on each side, plus a poll on the host when it waits
+    with a timeout. Pipes rather than a socketpair: reading from a socket wakes whoever
+    sleeps on the peer socket (to say there is room to write), which on one bidirectional
+    socketpair is the peer waiting for the next frame, so every call woke both sides twice.
     """
-    data = b""
-    need = 4
-    while len(data) < need:
-        chunk = sock.recv(max(65536, need - len(data)))
-        if not chunk:
-            return None
-        data += chunk
-        if need == 4 and len(data) >= 4:
-            need = 4 + _LEN.unpack_from(data)[0]
-    return msgpack.unpackb(data[4:need], raw=False, strict_map_key=False)
+
+    def __init__(self, rfd: int, wfd: int) -> None:
+        self.rfd, self.wfd = rfd, wfd
+        self._poll = select.poll()
+        self._poll.register(rfd, select.POLLIN)
+        self._pack = msgpack.Packer(use_bin_type=True).pack
+        self._buf = bytearray(_CHUNK)
+        self._view = memoryview(self._buf)
+        self._have = 0  # bytes of the next frame already read (kept across a timeout)
+
+    def send(self, obj: Any) -> None:
+        body = self._pack(obj)
+        frame = _LEN.pack(len(body)) + body
+        n = os.write(self.wfd, frame)
+        while n < len(frame):  # a large frame goes into the pipe piece by piece
+            n += os.write(self.wfd, memoryview(frame)[n:])
+
+    def recv(self, timeout: float | None = None) -> Any:
+        """The next frame's value; None at end of stream; TimeoutError past ``timeout`` s
+        (waiting for each piece of a large frame)."""
+        ms = None if timeout is None else max(0, math.ceil(timeout * 1000))
+        have, need = self._have, 4
+        while True:
+            if have >= 4:
+                need = 4 + _LEN.unpack_from(self._buf)[0]
+                if have >= need:
+                    break
+                if need > len(self._buf):  # a large frame: one buffer of its size
+                    self._resize(need, have)
+            if ms is not None and not self._poll.poll(ms):
+                self._have = have
+                raise TimeoutError(errno.ETIMEDOUT, "no reply in time")
+            n = os.readv(self.rfd, [self._view[have:]])
+            if n == 0:
+                self._have = 0
+                return None
+            have += n
+        value = msgpack.unpackb(self._view[4:need], raw=False, strict_map_key=False)
+        self._have = 0
+        if have > need or len(self._buf) > _CHUNK:  # calls and replies alternate: rare
+            rest = bytes(self._view[need:have])
+            self._resize(max(_CHUNK, len(rest)), 0)
+            self._buf[:len(rest)] = rest
+            self._have = len(rest)
+        return value
+
+    def _resize(self, size: int, keep: int) -> None:
+        buf = bytearray(size)
+        buf[:keep] = self._view[:keep]
+        self._view.release()
+        self._buf, self._view = buf, memoryview(buf)
+
+    def close(self) -> None:
+        os.close(self.rfd)
+        os.close(self.wfd)
 
 
 def main(argv: list[str]) -> int:
-    """Worker entry point: ``python -m bridge.libworker FD`` (started by WorkerProcess)."""
+    """Worker entry point: ``python -m bridge.libworker RFD WFD`` (started by WorkerProcess):
+    calls come in on pipe RFD, replies go out on pipe WFD."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when we stop
-    sock = socket.socket(fileno=int(argv[1]))
-    cfg = recv_msg(sock)
+    chan = Channel(int(argv[1]), int(argv[2]))
+    cfg = chan.recv()
     if cfg is None:
         return 0
     try:
         engine = Engine(LibraryConfig.from_wire(cfg))
     except Exception as e:
-        send_msg(sock, [1, errno.EINVAL, str(e)])
+        chan.send([1, errno.EINVAL, str(e)])
         return 1
-    send_msg(sock, [0, os.getpid()])
+    chan.send([0, os.getpid()])
     while True:
-        req = recv_msg(sock)
+        req = chan.recv()
         if req is None:
             return 0
-        send_msg(sock, run_guarded(engine, req[0], req[1]))
+        chan.send(run_guarded(engine, req[0], req[1]))
 
 
 if __name__ == "__main__":
