@@ -8,7 +8,8 @@ from __future__ import annotations
 import ctypes
 import errno
 import keyword
-from collections.abc import Sequence
+import operator
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .base import Proxy
@@ -64,10 +65,27 @@ class Function:
                         if n not in self.inputs and self.params[n]["k"] != "buffer"}
         self.__doc__ = (f"{self.name}({', '.join(self.inputs)}) -> "
                         f"{', '.join(self.outputs) or 'None'}")
+        # Planned once: a checker per input, and how the reply becomes the result.
+        self._checks = [_checker(self.params[n], f"{self.name}: {n}") for n in self.inputs]
+        index = {n: i for i, n in enumerate(self.inputs)}
+        self._shared = [(size, [index[b] for b in bufs]) for size, bufs in self.derived.items()
+                        if len(bufs) > 1]
+        self._result = self._plan_result()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Check the arguments against the declaration, then call on the host."""
-        return self._send(self._bind(args, kwargs), self._shape)
+        if kwargs or len(args) != len(self._checks):
+            return self._send(self._bind(args, kwargs), self._result)
+        wire = [check(v) for check, v in zip(self._checks, args, strict=True)]
+        if self._shared:
+            self._same_lengths(args)
+        lib = self.lib
+        if lib.closed:
+            raise OSError(errno.EBADF, f"{lib.name}: the library handle is closed")
+        h = lib._handle
+        if type(h) is not int:
+            h = lib.handle
+        return lib.client.call("call", [h, self.name, wire, lib._timeout], self._result)
 
     def ctypes(self, *cargs: Any) -> Any:
         """Call with every C parameter, ctypes-style: out and inout parameters are ctypes
@@ -108,7 +126,8 @@ class Function:
                     if k == "return" or k == "errno"]
             return None if not rest else rest[0] if len(rest) == 1 else tuple(rest)
 
-        return self._send([self._check(n, plain[n]) for n in self.inputs], fill)
+        return self._send([check(plain[n]) for check, n in
+                           zip(self._checks, self.inputs, strict=True)], fill)
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -130,31 +149,33 @@ class Function:
         missing = [n for n in self.inputs if n not in bound]
         if missing:
             raise TypeError(f"{self.__doc__}: missing {', '.join(missing)}")
-        wire = [self._check(n, bound[n]) for n in self.inputs]
-        for size, bufs in self.derived.items():
-            if len({len(bound[b]) for b in bufs}) > 1:
-                raise ValueError(f"{self.name}: {', '.join(bufs)} share {size} and must have "
-                                 "the same length")
+        values = [bound[n] for n in self.inputs]
+        wire = [check(v) for check, v in zip(self._checks, values, strict=True)]
+        self._same_lengths(values)
         return wire
 
-    def _check(self, name: str, v: Any) -> Any:
-        d, where = self.params[name], f"{self.name}: {name}"
-        if d["k"] != "buffer":
-            return _value(d, v, where)
-        if d.get("single"):
-            return _value(d["elem"], v, where)
-        if d["dir"] == "out":
-            raise AssertionError(name)  # out buffers are never inputs
-        if d["bytes"] and isinstance(v, _BYTES):
-            v = bytes(v)
-        elif isinstance(v, list | tuple):
-            v = [_value(d["elem"], x, where) for x in v]
-        else:
-            raise TypeError(f"{where}: expects {'bytes' if d['bytes'] else 'a list'}, "
-                            f"not {type(v).__name__}")
-        if "size" in d and len(v) != d["size"]:
-            raise ValueError(f"{where}: needs exactly {d['size']} items, got {len(v)}")
-        return v
+    def _same_lengths(self, values: Sequence[Any]) -> None:
+        """In buffers that share a size parameter must have the same length."""
+        for size, idx in self._shared:
+            if len({len(values[i]) for i in idx}) > 1:
+                raise ValueError(f"{self.name}: {', '.join(self.inputs[i] for i in idx)} "
+                                 f"share {size} and must have the same length")
+
+    def _plan_result(self) -> Callable[[list[Any]], Any]:
+        """The reply's values as the caller gets them: one bare, several as a tuple, none as
+        None; opaque pointers wrapped."""
+        n = len(self.outputs)
+        if any(self._is_handle(k) for k in self.outputs):
+            return self._shape
+        if n == 0:
+            return _none
+        return operator.itemgetter(0) if n == 1 else tuple
+
+    def _is_handle(self, name: str) -> bool:
+        d = self.result if name == "return" else self.params.get(name, {})
+        if d.get("k") == "buffer":
+            d = d["elem"]
+        return d.get("k") == "handle"
 
     def _wrap(self, name: str, v: Any) -> Any:
         d = self.result if name == "return" else self.params.get(name, {})
@@ -170,6 +191,45 @@ class Function:
 
     def __repr__(self) -> str:
         return f"<remote function {self.lib.name}.{self.__doc__}>"
+
+
+def _none(values: list[Any]) -> None:
+    return None
+
+
+def _checker(d: dict[str, Any], where: str) -> Callable[[Any], Any]:
+    """The check of one input of type ``d``: its wire form, or TypeError/ValueError."""
+    k = d["k"]
+    if k == "buffer" and d.get("single"):
+        d, k = d["elem"], d["elem"]["k"]
+    if k == "int":
+        lo, hi = d["min"], d["max"]
+
+        def integer(v: Any) -> Any:
+            if type(v) is int and lo <= v <= hi:
+                return v
+            return _value(d, v, where)
+
+        return integer
+    if k == "buffer":
+        return lambda v: _buffer(d, v, where)
+    return lambda v: _value(d, v, where)
+
+
+def _buffer(d: dict[str, Any], v: Any, where: str) -> Any:
+    """An in or inout buffer in its wire form: bytes, or a list of checked items."""
+    if d["dir"] == "out":
+        raise AssertionError(where)  # out buffers are never inputs
+    if d["bytes"] and isinstance(v, _BYTES):
+        v = bytes(v)
+    elif isinstance(v, list | tuple):
+        v = [_value(d["elem"], x, where) for x in v]
+    else:
+        raise TypeError(f"{where}: expects {'bytes' if d['bytes'] else 'a list'}, "
+                        f"not {type(v).__name__}")
+    if "size" in d and len(v) != d["size"]:
+        raise ValueError(f"{where}: needs exactly {d['size']} items, got {len(v)}")
+    return v
 
 
 def _value(d: dict[str, Any], v: Any, where: str) -> Any:
