@@ -16,6 +16,7 @@ import itertools
 import logging
 import queue
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from .batch import BatchContext, Deferred
 from .protocol import (
     BULK_DIRECT,
+    MISS,
     BatchReply,
     Call,
     Connection,
@@ -82,6 +84,10 @@ class Client:
         self._broken: BaseException | None = None
         self._buf = bytearray(RECV_SIZE)
         self._view = memoryview(self._buf)
+        # A call sends as the socket's only reader only where a send can be tried without
+        # blocking (see call()): plain sockets on platforms with MSG_DONTWAIT; not TLS.
+        self._dontwait: int = getattr(socket, "MSG_DONTWAIT", 0) \
+            if isinstance(sock, socket.socket) and not isinstance(sock, ssl.SSLSocket) else 0
         self._local = threading.local()
         # Set once any batch (so any Deferred) existed: until then a call skips looking
         # for batches and Deferred arguments.
@@ -197,44 +203,126 @@ class Client:
         if self.closed:
             raise ConnectionAbortedError(_errno.ECONNABORTED, "connection closed")
         rid = next(self._ids) & 0x7FFFFFFF
+        if bulk or not self._dontwait or not self._recv_lock.acquire(False):
+            return self._call_pending(rid, op, args, transform, bulk)
+        # The common case: no other thread reads the socket, and now none will until this
+        # call is done, so its reply can reach no one else: no Pending, no dict entry.
+        if not self._send_lock.acquire(False):
+            # Waiting for another sender while holding the read side could deadlock with a
+            # host that waits for us to read: go the ordinary way.
+            self._unlead()
+            return self._call_pending(rid, op, args, transform, bulk)
+        sent = -1
+        try:
+            if self._broken is not None:
+                raise ConnectionError("connection is broken") from self._broken
+            raw = self._conn.call_bytes(rid, op, args if type(args) is list else list(args))
+            if raw is not None:
+                # Never block while holding the read side (see above): a send that does not
+                # go through at once is finished below, by the ordinary path.
+                try:
+                    sent = self._sock.send(raw, self._dontwait)
+                except BlockingIOError:
+                    sent = 0
+                except OSError as e:
+                    self._fail_all(e)
+                    raise
+        except BaseException:  # ValueError (too large for the host) keeps the connection
+            self._send_lock.release()
+            self._unlead()
+            raise
+        if raw is None or sent != len(raw):
+            return self._finish_send(rid, op, args, transform, raw, sent)
+        self._send_lock.release()
+        p: Pending | None = None
+        try:
+            if not self._bulk:
+                try:
+                    n = self._sock.recv_into(self._buf)
+                except OSError as e:
+                    self._fail_all(e)
+                    raise
+                result = self._conn.reply_result(self._view, n, rid)
+                if result is not MISS:
+                    return result if transform is None else transform(result)
+                # Anything else (another thread's reply, an event, an error, part of a
+                # frame, the rest of a large data section): this call waits the ordinary way.
+                p = self._pending[rid] = Pending(rid, transform)
+                self._feed(self._buf[:n] if n else b"")
+            else:  # a large reply may come: _pump receives it at its exact size
+                p = self._pending[rid] = Pending(rid, transform)
+            while not p.done:
+                self._pump()
+        finally:
+            self._recv_lock.release()  # what _unlead does, inline on the hot path
+            if self._sleepers:
+                self._wake()
+        if p.error is not None:
+            raise p.error
+        return p.value if transform is None else transform(p.value)
+
+    def _call_pending(self, rid: int, op: str, args: Sequence[Any],
+                      transform: Callable[[Any], Any] | None, bulk: bool) -> Any:
+        """A call that registers its Pending before sending, so any reader may deliver it:
+        when another thread reads, for bulk replies, and where a send cannot be tried
+        without blocking (TLS, Windows)."""
         p = self._pending[rid] = Pending(rid, transform)
         if bulk:
             self._bulk += 1
             try:
-                self._send(Call(rid, op, args))
+                self._send_call(rid, op, args)
                 return self._wait(p)
             finally:
                 self._bulk -= 1
-        sent = False
+        self._send_call(rid, op, args)
+        return self._wait(p)
+
+    def _send_call(self, rid: int, op: str, args: Sequence[Any]) -> None:
+        """Send ``Call(rid, op, args)``, as one buffer unless it carries a bulk argument."""
         with self._send_lock:
-            try:
-                raw = self._conn.call_bytes(rid, op, args if type(args) is list else
-                                            list(args))
-            except ValueError:  # too large for the host: fail this call, keep the connection
-                self._pending.pop(rid, None)
-                raise
-            if raw is not None and self._broken is None:
+            raw = None
+            if self._broken is None:
+                try:
+                    raw = self._conn.call_bytes(rid, op, args if type(args) is list else
+                                                list(args))
+                except ValueError:  # too large for the host: fail this call only
+                    self._pending.pop(rid, None)
+                    raise
+            if raw is not None:
                 try:
                     self._sock.sendall(raw)
                 except OSError as e:
                     self._fail_all(e)
                     raise
-                sent = True
-        if not sent:
+                return
+        self._send(Call(rid, op, args))  # a bulk argument, or the broken connection's error
+
+    def _finish_send(self, rid: int, op: str, args: Sequence[Any],
+                     transform: Callable[[Any], Any] | None, raw: bytes | None,
+                     sent: int) -> Any:
+        """The send of a call made as the reader did not go through at once (a full socket
+        buffer, or a bulk argument): hand over the read side, then send the ordinary way.
+        Called holding both locks; the Pending is registered before either is released."""
+        p = self._pending[rid] = Pending(rid, transform)
+        self._unlead()
+        try:
+            if raw is not None and sent >= 0:
+                try:
+                    self._sock.sendall(memoryview(raw)[sent:])
+                except OSError as e:
+                    self._fail_all(e)
+                    raise
+        finally:
+            self._send_lock.release()
+        if raw is None:
             self._send(Call(rid, op, args))
-        # The common case inline: no other thread is reading, so this one reads until its
-        # reply is in. _wait does the same and also waits as a follower.
-        if self._recv_lock.acquire(blocking=False):
-            try:
-                while not p.done:
-                    self._pump()
-            finally:
-                self._recv_lock.release()
-                if self._sleepers:
-                    self._wake()
-            if p.error is None and transform is None:
-                return p.value
         return self._wait(p)
+
+    def _unlead(self) -> None:
+        """Release the read side and wake the followers waiting to take it."""
+        self._recv_lock.release()
+        if self._sleepers:
+            self._wake()
 
     def submit(self, op: str, args: Sequence[Any],
                transform: Callable[[Any], Any] | None = None, bulk: bool = False) -> Pending:
@@ -329,7 +417,7 @@ class Client:
 
     def _wait(self, p: Pending) -> Any:
         while not p.done:
-            if self._recv_lock.acquire(blocking=False):
+            if self._recv_lock.acquire(False):
                 try:
                     while not p.done:
                         self._pump()
@@ -367,6 +455,11 @@ class Client:
         except OSError as e:
             self._fail_all(e)
             raise
+        self._feed(chunk)
+
+    def _feed(self, chunk: bytes | bytearray) -> None:
+        """Deliver every complete message ``chunk`` completes (leader only); b"" is the end
+        of the stream. ``chunk`` is handed over to the Connection: the caller drops it."""
         try:
             for ev in self._conn.receive(chunk):
                 self._deliver(ev)

@@ -43,7 +43,7 @@ class Node(Proxy):
         h = self._handle
         if type(h) is not int:
             h = self.handle
-        return self.client.call("read", [h, n, self.timeout], bulk=n >= BULK_DIRECT)
+        return self.client.call("read", [h, n, self.timeout], None, n >= BULK_DIRECT)
 
     def write(self, data: bytes | bytearray | memoryview) -> Any:
         """Write ``data``; returns the number of bytes the device took.

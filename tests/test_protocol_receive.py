@@ -1,18 +1,28 @@
 # Connection.receive(): the one-call hot path returns every complete message of a chunk;
 # a bad frame behind good ones is raised only after those were handed out (by the next
 # receive() or by check()), so a peer's hello is answered before its garbage ends it.
+# Connection.reply_result(): the client's one-frame fast path answers only for exactly one
+# whole Reply to the given id with nothing pending; anything else is MISS and left intact
+# for receive(), which then handles or reports it.
 from __future__ import annotations
 
+import msgpack
 import pytest
 
 from bridge.protocol import (
     HEADER,
+    MISS,
     Call,
     Connection,
+    Error,
+    Event,
     Hello,
+    Message,
     ProtocolError,
+    Ref,
     Reply,
     Role,
+    State,
 )
 
 
@@ -47,3 +57,78 @@ def test_a_bad_first_frame_raises_at_once() -> None:
     _, s = _ready_pair()
     with pytest.raises(ProtocolError):
         s.receive(HEADER.pack(0, 0))
+
+
+def _wire(s: Connection, *msgs: Message) -> bytes:
+    return b"".join(bytes(b) for m in msgs for b in s.send(m))
+
+
+def _result(c: Connection, wire: bytes, id: int) -> object:
+    """reply_result() as the client calls it: over a larger receive buffer."""
+    buf = bytearray(1 << 16)
+    buf[:len(wire)] = wire
+    return c.reply_result(memoryview(buf), len(wire), id)
+
+
+@pytest.mark.parametrize("result", [b"\0" * 16, 7, None, [0, None], {"a": 1}, Ref(3), "x"])
+def test_reply_result_gives_the_result_of_the_awaited_reply(result: object) -> None:
+    c, s = _ready_pair()
+    assert _result(c, _wire(s, Reply(42, result)), 42) == result
+    assert c.state is State.READY and c.buffered() == 0
+    # the connection goes on as usual afterwards
+    assert c.receive(_wire(s, Reply(43, 1))) == [Reply(43, 1)]
+
+
+def test_reply_result_misses_everything_else_and_receive_still_gets_it() -> None:
+    c, s = _ready_pair()
+    whole = _wire(s, Reply(42, b"ok"))
+    cases: list[tuple[bytes, list[Message]]] = [
+        (_wire(s, Reply(41, b"ok")), [Reply(41, b"ok")]),  # another call's reply
+        (_wire(s, Error(42, 13, "denied")), [Error(42, 13, "denied")]),
+        (_wire(s, Event("rx", 1, b"data")), [Event("rx", 1, b"data")]),
+        (_wire(s, Reply(42, b"x" * 5000)), [Reply(42, b"x" * 5000)]),  # data section
+        (whole + _wire(s, Reply(43, 1)), [Reply(42, b"ok"), Reply(43, 1)]),  # two frames
+    ]
+    for wire, messages in cases:
+        assert _result(c, wire, 42) is MISS
+        assert c.buffered() == 0  # nothing consumed
+        assert c.receive(wire) == messages
+    # part of a frame: a miss, and once receive() holds the first part, so is the rest
+    assert _result(c, whole[:5], 42) is MISS
+    assert c.receive(whole[:5]) == []
+    assert _result(c, whole[5:], 42) is MISS
+    assert c.receive(whole[5:]) == [Reply(42, b"ok")]
+
+
+def test_reply_result_checks_what_decode_checks() -> None:
+    c, _ = _ready_pair()
+    for body in ([2, 42.0, b"ok"], [2, True, b"ok"], [2, 42], [2, 42, 1, 2]):
+        raw = msgpack.packb(body)
+        assert _result(c, HEADER.pack(len(raw), 0) + raw, 42) is MISS
+
+
+def test_reply_result_leaves_malformed_frames_to_receive() -> None:
+    c, _ = _ready_pair()
+    garbage = HEADER.pack(3, 0) + b"\xc1\xc1\xc1"  # 0xc1 is never used in msgpack
+    assert _result(c, garbage, 42) is MISS
+    with pytest.raises(ProtocolError, match="malformed"):
+        c.receive(garbage)
+
+
+def test_reply_result_needs_a_ready_connection() -> None:
+    c, s = Connection(Role.CLIENT), Connection(Role.SERVER)
+    s.state = State.READY  # the server side only encodes here
+    assert _result(c, _wire(s, Reply(42, 1)), 42) is MISS  # still in the hello
+    c, s = _ready_pair()
+    c.receive(b"")  # end of stream
+    assert _result(c, _wire(s, Reply(42, 1)), 42) is MISS
+
+
+def test_reply_result_respects_the_frame_limit() -> None:
+    c, s = Connection(Role.CLIENT, max_frame=16), Connection(Role.SERVER)
+    c.state = s.state = State.READY  # a hello does not fit in 16 bytes
+    assert _result(c, _wire(s, Reply(42, b"x" * 8)), 42) == b"x" * 8
+    too_big = _wire(s, Reply(42, b"x" * 32))
+    assert _result(c, too_big, 42) is MISS
+    with pytest.raises(ProtocolError, match="exceeds the limit"):
+        c.receive(too_big)
