@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from .libworker import Channel, Engine, reply_value
 
 START_TIMEOUT = 60.0
 KILL_GRACE = 5.0
+PIPE_SIZE = 1 << 20
 
 
 class Busy(TimeoutError):
@@ -206,6 +208,8 @@ class WorkerProcess:
     def _start(self) -> Channel:
         calls_r, calls_w = os.pipe()
         replies_r, replies_w = os.pipe()
+        for fd in (calls_w, replies_w):
+            _grow_pipe(fd)
         try:
             proc = subprocess.Popen([sys.executable, "-m", "bridge.libworker", str(calls_r),
                                      str(replies_w)], pass_fds=[calls_r, replies_w],
@@ -263,6 +267,14 @@ class WorkerProcess:
         with self._lock:
             self._kill()
             self._reap()
+
+
+def _grow_pipe(fd: int) -> None:
+    """Room for a large frame in a few pieces, not in 64 KiB ones (each a wake-up)."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    except (AttributeError, OSError):  # not Linux, or above fs.pipe-max-size: keep 64 KiB
+        pass
 
 
 def late(limit: float) -> str:

@@ -150,8 +150,12 @@ def handle(testlib: Path) -> Iterator[LibraryHandle]:
     spec = DeviceSpec(f"slow{time.monotonic_ns()}", "library", "posix", path=str(testlib),
                       options={"header": str(CLIB / "testlib.h"), "timeout": 5.0,
                                "handles": {"struct dev": "dev_close"},
-                               "functions": ["hang", "add", "dev_open", "dev_get",
-                                             "dev_close"]})
+                               "functions": {
+                                   "hang": {}, "add": {}, "dev_open": {}, "dev_get": {},
+                                   "dev_close": {},
+                                   "fill": {"args": {"buf": {"dir": "out", "size": "len"}}},
+                                   "checksum": {"args": {"buf": {"dir": "in",
+                                                                 "size": "len"}}}}})
     shared = shared_library(spec, str(testlib))
     assert isinstance(shared.runner, WorkerProcess)  # isolation "process", the default
     h = LibraryHandle(spec, shared)
@@ -163,6 +167,14 @@ def handle(testlib: Path) -> Iterator[LibraryHandle]:
 def test_a_quick_call_is_answered_inline(handle: LibraryHandle) -> None:
     assert handle.call("add", [2, 3], PROBE) == [5]
     assert not handle._parked
+
+
+def test_large_buffers_to_and_from_the_worker(handle: LibraryHandle) -> None:
+    n = 3 << 20  # several pipe-fulls each way
+    data = bytes(range(256)) * (n // 256)
+    assert handle.call("checksum", [data], Deadline(10.0)) == [sum(data) % 65536]
+    assert handle.call("fill", [n, 0x5A], Deadline(10.0)) == [n, b"\x5a" * n]
+    assert handle.call("add", [1, 2], PROBE) == [3]  # the channel is still in step
 
 
 def test_a_slow_call_is_parked_and_claimed_by_its_own_request(handle: LibraryHandle) -> None:
