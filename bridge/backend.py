@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
@@ -71,6 +71,12 @@ class DeviceHandle(abc.ABC):
     kind: ClassVar[str] = ""
     OPS: ClassVar[Mapping[str, OpInfo]] = {}
     closed: bool = False
+    #: Non-blocking ops of this handle that always return at once (no sleep in the kernel,
+    #: no waiting on a device), so the host may run them on its shared event loop
+    #: (bridge/loop.py); every other non-blocking op runs on the connection's own thread.
+    INLINE: ClassVar[frozenset[str]] = frozenset()
+    #: Every non-blocking op returns at once: in-process models (the sim) set this.
+    INLINE_ALL: ClassVar[bool] = False
     #: The host's tap (record, faults) when one is installed; see bridge/tap.py.
     _tap: Any = None
 
@@ -99,6 +105,10 @@ class DeviceHandle(abc.ABC):
     def emit(self, topic: str, payload: Any) -> None:
         if self._emit is not None and not self.closed:
             self._emit(topic, payload)
+
+    def inline(self, op: str, args: Sequence[Any]) -> bool:
+        """May non-blocking ``op`` with these arguments run on the host's event loop?"""
+        return self.INLINE_ALL or op in self.INLINE
 
     def close(self) -> None:
         """Release the device. Idempotent; called by the server when the connection ends."""

@@ -221,6 +221,18 @@ _TABLE: tuple[IoctlSpec, ...] = (
 BUILTIN: dict[str, IoctlSpec] = {spec.name: spec for spec in _TABLE}
 """Every ioctl a manifest may name without spelling out its code."""
 
+NO_WAIT: frozenset[tuple[str, int]] = frozenset(
+    (name, BUILTIN[name].request) for name in (
+        "TCGETS", "TCGETS2", "TIOCGWINSZ", "TIOCSWINSZ", "FIONREAD", "TIOCINQ", "TIOCOUTQ",
+        "TCFLSH", "TIOCEXCL", "TIOCNXCL", "TIOCGPGRP", "TIOCGPTN", "RNDGETENTCNT",
+        "BLKGETSIZE64", "I2C_FUNCS", "SPI_IOC_RD_MODE", "SPI_IOC_RD_LSB_FIRST",
+        "SPI_IOC_RD_BITS_PER_WORD", "SPI_IOC_RD_MAX_SPEED_HZ", "SPI_IOC_RD_MODE32",
+        "GPIO_GET_CHIPINFO_IOCTL"))
+"""Built-in codes the kernel answers from memory, never sleeping in a driver: the host may
+run them on its event loop. Left out on purpose: TCSETS* and TIOCM* (a USB serial adapter
+does a USB transfer for them), TCSETSW/TCSETSF/TCSBRK (wait for output to drain), bus
+transfers and everything a manifest declares itself."""
+
 _KEYS = frozenset({"name", "request", "size", "direction", "by_value"})
 
 

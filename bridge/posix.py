@@ -11,10 +11,12 @@ import os
 import select
 import stat
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from . import safepath
 from .backend import Access, Backend, DeviceHandle, NodeHandle
+from .ioctl import NO_WAIT
 from .manifest import DeviceSpec
 
 POSIX_KINDS = ("serial", "i2c", "spi", "gpio", "usb", "library")
@@ -82,6 +84,13 @@ class PosixNode(FdOwner, NodeHandle):
         if self.closed:
             raise OSError(errno.EBADF, "handle is closed")
         return self.fd
+
+    def inline(self, op: str, args: Sequence[Any]) -> bool:
+        """Only ioctls the kernel answers at once (by name: ioctl.NO_WAIT)."""
+        if op != "ioctl" or len(args) < 2 or type(args[1]) is not str:
+            return False
+        spec = self.spec.ioctls.get(args[1])
+        return spec is not None and (spec.name, spec.request) in NO_WAIT
 
     def read_nowait(self, n: int) -> bytes | None:
         with self._lock:

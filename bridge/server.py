@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import socket
@@ -18,6 +19,7 @@ from typing import Any
 from . import __version__
 from .host import Host
 from .limits import Deadlines
+from .loop import Loop, _Conn
 from .protocol import (
     FEATURES,
     Call,
@@ -68,6 +70,9 @@ class Server:
             m.tls, require_client_cert=not (m.policy.wants_tokens or m.policy.allow_anonymous))
         self._principals: dict[str, int] = {}  # connections per principal
         self._handshakes = 0
+        # Plain connections are served by one event loop, made here so that its file
+        # descriptors exist from the start (tests compare the host's fd count to a baseline).
+        self._loop: Loop | None = Loop(self) if self.tls is None else None
 
     # -- listening ------------------------------------------------------------------------
 
@@ -93,7 +98,15 @@ class Server:
         return path
 
     def start(self) -> None:
-        """Accept connections on background threads."""
+        """Serve on background threads: the event loop for plain connections, or a thread
+        per connection for TLS (the ssl module's non-blocking mode is not used here)."""
+        if self._loop is not None:
+            for s in self._listeners:
+                self._loop.add_listener(s)
+            t = threading.Thread(target=self._loop.run, daemon=True, name="hwbridge-loop")
+            t.start()
+            self._threads.append(t)
+            return
         for s in self._listeners:
             t = threading.Thread(target=self._accept_loop, args=(s,), daemon=True,
                                  name=f"hwbridge-accept-{s.fileno()}")
@@ -107,6 +120,10 @@ class Server:
     def shutdown(self) -> None:
         """Stop accepting, drop every connection (closing its handles), release backends."""
         self._stopping.set()
+        if self._loop is not None:
+            self._loop.stop()
+            for t in self._threads:
+                t.join(timeout=2)
         for s in self._listeners:
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
@@ -136,19 +153,42 @@ class Server:
                     return
                 log.warning("accept failed: %s", e)
                 continue
-            with self._lock:
-                busy = self._handshakes >= self.limits.max_handshakes
-                self._handshakes += not busy
-            if busy:
-                log.warning("%s: more than %d handshakes at once; closed", addr,
-                            self.limits.max_handshakes)
+            if not self.start_handshake(addr):
                 sock.close()
                 continue
-            t = threading.Thread(target=self._serve_conn, args=(sock, addr), daemon=True,
-                                 name="hwbridge-conn")
-            with self._lock:
-                self._conn_threads.add(t)
-            t.start()
+            self.spawn(functools.partial(self._serve_conn, sock, addr), "hwbridge-conn")
+
+    def start_handshake(self, addr: Any) -> bool:
+        """Count a new connection as handshaking; False (close it) past the limit."""
+        with self._lock:
+            busy = self._handshakes >= self.limits.max_handshakes
+            self._handshakes += not busy
+        if busy:
+            log.warning("%s: more than %d handshakes at once; closed", addr,
+                        self.limits.max_handshakes)
+        return not busy
+
+    def spawn(self, run: Callable[[], None], name: str) -> None:
+        """Run a connection's thread, joined by shutdown()."""
+        def tracked() -> None:
+            try:
+                run()
+            finally:
+                with self._lock:
+                    self._conn_threads.discard(threading.current_thread())
+
+        t = threading.Thread(target=tracked, daemon=True, name=name)
+        with self._lock:
+            self._conn_threads.add(t)
+        t.start()
+
+    def track(self, sock: socket.socket, live: bool) -> None:
+        """Keep the set of open connection sockets that shutdown() drops."""
+        with self._lock:
+            if live:
+                self._conns.add(sock)
+            else:
+                self._conns.discard(sock)
 
     # -- one connection -------------------------------------------------------------------
 
@@ -171,7 +211,7 @@ class Server:
                     self.host.audit.write("connect", principal="", peer=peer, op="refuse",
                                           detail=f"TLS handshake failed: {e}", allowed=False,
                                           errno=errno.EACCES)
-                self._end_handshake()
+                self.end_handshake()
                 with self._lock:
                     self._conns.discard(raw)
                 raw.close()
@@ -220,12 +260,11 @@ class Server:
         finally:
             session.close()
             if not deadlines.handshake_done:
-                self._end_handshake()
+                self.end_handshake()
             if deadlines.admitted:
-                self._leave(session)
+                self.leave(session)
             with self._lock:
                 self._conns.discard(sock)
-                self._conn_threads.discard(threading.current_thread())
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
@@ -254,24 +293,9 @@ class Server:
                     session.handle(ev)
                     continue
                 if isinstance(ev, Hello):
-                    try:
-                        self._admit(sock, session, ev.info.get("token"), deadlines)
-                    except OSError as e:  # refused: say why, to this client alone
-                        self._audit(session, "refuse", e.strerror or str(e), e.errno)
-                        send(Error(0, e.errno or errno.EACCES, e.strerror or str(e)))
-                        log.info("%s: refused: %s", session.peer, e)
+                    if not self.greet(sock, session, ev, deadlines, send):
                         return
-                    self._audit(session, "admit", "TLS" if self.tls else "plain", 0)
-                    feats = negotiate(FEATURES, ev.features)
-                    send(Hello(features=feats, info={
-                        "server": f"hwbridge {__version__}",
-                        "devices": session.device_list(),
-                        "max_frame": self.max_frame,
-                        "principal": session.principal,
-                    }))
                     greeted = True
-                    if self.on_session is not None:
-                        self.on_session(session)
                     continue
                 assert greeted and not isinstance(ev, Hello)
                 session.handle(ev)
@@ -282,6 +306,29 @@ class Server:
                 deadlines.greeted(conn.buffered())
 
     # -- identity and limits (bridge/tls.py, grants.py, limits.py) -------------------------
+
+    def greet(self, sock: socket.socket, session: Session, hello: Hello,
+              state: Deadlines | _Conn, send: Callable[[Message], None]) -> bool:
+        """Admit the client of ``hello`` and answer it; False if it was refused (told why)."""
+        try:
+            self._admit(sock, session, hello.info.get("token"), state)
+        except OSError as e:  # refused: say why, to this client alone
+            self._audit(session, "refuse", e.strerror or str(e), e.errno)
+            send(Error(0, e.errno or errno.EACCES, e.strerror or str(e)))
+            log.info("%s: refused: %s", session.peer, e)
+            return False
+        self._audit(session, "admit", "TLS" if self.tls else "plain", 0)
+        feats = negotiate(FEATURES, hello.features)
+        send(Hello(features=feats, info={
+            "server": f"hwbridge {__version__}",
+            "devices": session.device_list(),
+            "max_frame": self.max_frame,
+            "principal": session.principal,
+        }))
+        if self.on_session is not None:
+            self.on_session(session)
+        return True
+
 
     def _start_tls(self, sock: socket.socket, conn: Connection,
                    deadlines: Deadlines) -> ssl.SSLSocket:
@@ -308,12 +355,12 @@ class Server:
         return tls
 
     def _admit(self, sock: socket.socket, session: Session, token: object,
-               deadlines: Deadlines) -> None:
+               deadlines: Deadlines | _Conn) -> None:
         """Decide who the client is and what it sees; PermissionError refuses it."""
         policy = self.host.manifest.policy
         names = peer_names(sock.getpeercert()) if isinstance(sock, ssl.SSLSocket) else []
         deadlines.handshake_done = True
-        self._end_handshake()
+        self.end_handshake()
         who = policy.admit(names, token, isinstance(sock, ssl.SSLSocket))
         with self._lock:
             n = self._principals.get(who, 0)
@@ -334,11 +381,11 @@ class Server:
             a.write("connect", principal=who, peer=session.peer, op=op,
                     detail=detail, allowed=op == "admit", errno=err or 0)
 
-    def _end_handshake(self) -> None:
+    def end_handshake(self) -> None:
         with self._lock:
             self._handshakes -= 1
 
-    def _leave(self, session: Session) -> None:
+    def leave(self, session: Session) -> None:
         with self._lock:
             n = self._principals.get(session.principal, 0) - 1
             if n > 0:

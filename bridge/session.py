@@ -206,6 +206,44 @@ class Session:
 
     # -- calls ----------------------------------------------------------------------------
 
+    def call_inline(self, c: Call) -> bool:
+        """Run ``c`` now if it cannot wait: an allowed op on an open handle with no tap,
+        either a blocking op's probe (a wait goes on to a thread) or an op the handle says
+        returns at once (DeviceHandle.inline). False, having done nothing, for anything
+        else: the event loop then runs it on the connection's own thread (bridge/loop.py).
+        """
+        args = c.args
+        n = len(args)
+        entry = self.handles.get(args[0]) if n and type(args[0]) is int else None
+        if entry is None:
+            return False
+        bound = entry.ops.get(c.op)
+        handle = entry.handle
+        if bound is None or handle.closed or handle._tap is not None:
+            return False
+        info, fn = bound
+        try:
+            if not info.blocking:
+                if not handle.inline(c.op, args):
+                    return False
+                result = fn(args[1], args[2]) if n == 3 else fn(*args[1:])
+            else:
+                t = args[-1] if n > 1 else 0
+                if not (t is None or (type(t) is float or type(t) is int) and t > 0):
+                    return False  # a timeout of 0 or a bad one: the general path
+                try:
+                    result = fn(args[1], PROBE) if n == 3 else fn(*args[1:-1], PROBE)
+                except WouldBlock:
+                    self._wait_on_thread(c, handle, info, args[1:-1], t)
+                    return True
+            if type(result) is Opened:
+                result = _registered(handle, result)
+        except Exception as e:
+            self.send(Error(c.id, *self._error(e, c.op, c.args)))
+            return True
+        self.reply(c.id, result)
+        return True
+
     def _call(self, c: Call) -> None:
         try:
             # Fast path: an allowed op on an open handle, no tap, done without waiting.

@@ -280,6 +280,7 @@ class ControlNode(NodeHandle):
     Only devices of the manifest can be named, and only those in its ``targets`` option
     when given. A bad command fails the write with EINVAL.
     """
+    INLINE_ALL = True  # an in-process model: nothing here waits
 
     def __init__(self, spec: DeviceSpec) -> None:
         super().__init__(spec)

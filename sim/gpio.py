@@ -167,6 +167,7 @@ BOARD = Board()
 
 class SimGpioChip(GpioChip):
     """A simulated /dev/gpiochipN."""
+    INLINE_ALL = True  # an in-process model: nothing here waits
 
     def __init__(self, spec: DeviceSpec) -> None:
         super().__init__(spec)
@@ -215,6 +216,7 @@ class SimGpioChip(GpioChip):
 
 class SimLineRequest(LineRequestHandle):
     """The lines of one simulated request; events reach the connection that made it."""
+    INLINE_ALL = True  # an in-process model: nothing here waits
 
     def __init__(self, spec: DeviceSpec, offsets: list[int], chip: _Chip) -> None:
         super().__init__(spec, offsets)

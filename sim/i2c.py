@@ -260,6 +260,7 @@ def bus_for(spec: DeviceSpec) -> I2CBus:
 
 class SimI2C(I2CHandle):
     """A handle on a simulated adapter."""
+    INLINE_ALL = True  # an in-process model: nothing here waits
 
     def __init__(self, spec: DeviceSpec, access: Access = Access.RW) -> None:
         super().__init__(spec, access)

@@ -9,6 +9,7 @@ from bridge.backend import NodeHandle
 
 class NullNode(NodeHandle):
     """/dev/null: reads return b"" (end of file), writes swallow everything."""
+    INLINE_ALL = True  # an in-process model: nothing here waits
 
     def read_nowait(self, n: int) -> bytes | None:
         self._check()

@@ -215,6 +215,7 @@ def controller_for(spec: DeviceSpec) -> SPIController:
 
 class SimSPI(SPIHandle):
     """A handle on a simulated spidev."""
+    INLINE_ALL = True  # an in-process model: nothing here waits
 
     def __init__(self, spec: DeviceSpec, access: Access = Access.RW) -> None:
         super().__init__(spec, access)

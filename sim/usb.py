@@ -218,6 +218,7 @@ def _device_for(spec: DeviceSpec) -> LoopbackDevice:
 
 class SimUSBHandle(USBHandle):
     """One open handle on a simulated device: its own interface claims, a shared device."""
+    INLINE_ALL = True  # an in-process model: nothing here waits
 
     def __init__(self, spec: DeviceSpec) -> None:
         super().__init__(spec)

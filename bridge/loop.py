@@ -1,0 +1,497 @@
+# The device host's event loop for plain (TCP and Unix) connections: one thread waits on
+# every socket with a selector, reads frames, and runs the calls that cannot wait right
+# there; everything else goes to the connection's own "lane" thread, in order. Owns
+# non-blocking sends with per-connection output queues (and the back-pressure they give),
+# the receive deadlines (handshake, frame, idle) as a periodic sweep, and connection
+# teardown. TLS connections keep a thread each (bridge/server.py).
+#
+# Why a loop: with a thread per connection, every request wakes a thread that then fights
+# for the GIL; many busy clients turn into a convoy of GIL hand-offs. One thread serving
+# every ready socket in turn does the same work with none of them.
+#
+# What runs on the loop: an allowed op on an open handle, with no tap, that cannot wait:
+# a blocking op's probe (which raises WouldBlock instead of waiting; the wait then happens
+# on a thread, as before) or a non-blocking op the handle declares inline
+# (DeviceHandle.inline). Anything else (open, close, batches, ioctls that may sleep in the
+# kernel, library calls, taps) runs on the lane, so a slow device never stalls the loop.
+# Once a connection has work on its lane, its later calls queue behind it, keeping their
+# order.
+from __future__ import annotations
+
+import collections
+import contextlib
+import errno
+import logging
+import os
+import select
+import selectors
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from .protocol import Call, Connection, Error, Hello, Message, ProtocolError, Reply, Role
+from .session import Session
+
+if TYPE_CHECKING:
+    from .server import Server
+
+log = logging.getLogger("hwbridge.server")
+
+RECV_SIZE = 64 * 1024
+SWEEP = 0.1  # seconds between deadline sweeps (deadlines are whole seconds or halves)
+PAUSE_OUT = 1 << 20  # stop reading a client while this many reply bytes wait for it
+WAIT_OUT = 4 << 20  # threads pushing events wait while this many bytes are queued
+LANE_LINGER = 1.0  # an idle lane thread waits this long for more work before it ends
+FINAL_SEND = 2.0  # seconds a closing connection may take to send its last replies
+_CLOSE = object()  # lane sentinel: the connection ended; close its session
+
+
+# epoll where the host has it (one C call per wake-up); the selectors module elsewhere, or
+# when HWBRIDGE_POLLER=selectors (the tests run that path too).
+_EPOLL = hasattr(select, "epoll") and os.environ.get("HWBRIDGE_POLLER") != "selectors"
+if _EPOLL:
+    READ, WRITE = select.EPOLLIN, select.EPOLLOUT
+    # A hang-up or error wakes the reader: its recv() reports it.
+    _READABLE = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR
+else:
+    READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+    _READABLE = READ
+
+
+class _SelectorPoller:
+    """The epoll interface (register/modify/unregister/poll by fd) over the selectors
+    module, for hosts without epoll (Solaris: /dev/poll; the BSDs: kqueue)."""
+
+    def __init__(self) -> None:
+        self._sel = selectors.DefaultSelector()
+
+    def register(self, fd: int, mask: int) -> None:
+        self._sel.register(fd, mask)
+
+    def modify(self, fd: int, mask: int) -> None:
+        self._sel.modify(fd, mask)
+
+    def unregister(self, fd: int) -> None:
+        self._sel.unregister(fd)
+
+    def poll(self, timeout: float | None = None) -> list[tuple[int, int]]:
+        return [(key.fd, mask) for key, mask in self._sel.select(timeout)]
+
+    def close(self) -> None:
+        self._sel.close()
+
+
+def _poller() -> Any:
+    return select.epoll() if _EPOLL else _SelectorPoller()
+
+
+class _Conn:
+    """One plain connection served by the loop."""
+
+    def __init__(self, loop: Loop, sock: socket.socket, peer: str, max_frame: int) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.peer = peer
+        self.conn = Connection(Role.SERVER, max_frame)
+        self.lock = threading.Lock()  # the Connection's packer and the output queue
+        self.drained = threading.Condition(self.lock)
+        self.out: collections.deque[bytes | memoryview] = collections.deque()
+        self.out_bytes = 0
+        self.lane: collections.deque[Any] = collections.deque()
+        self.lane_cv = threading.Condition(threading.Lock())
+        self.lane_busy = 0  # messages queued on the lane or running there
+        self.lane_thread = False
+        self.mask = 0
+        self.greeted = False
+        self.handshake_done = False
+        self.admitted = False
+        self.closing = False  # the loop stopped serving it; its lane finishes the rest
+        self.ended = False  # closed: nothing is sent any more
+        self.accepted = time.monotonic()
+        self.last_rx = self.accepted
+        self.rx = False  # bytes arrived since the last sweep
+        self.frame_started: float | None = None
+        self.session = Session(loop.server.host, self.send, peer, reply=self.reply)
+
+    # -- sending (any thread) -------------------------------------------------------------
+
+    def send(self, msg: Message) -> None:
+        with self.lock:
+            if self.ended:
+                return
+            bufs = self.conn.send(msg)
+            self._write(bufs)
+        self._after_write()
+
+    def reply(self, rid: int, result: Any) -> None:
+        with self.lock:
+            if self.ended:
+                return
+            raw = self.conn.reply_bytes(rid, result)
+            if raw is None:
+                self._write(self.conn.send(Reply(rid, result)))
+            elif self.out:
+                self._write([raw])
+            else:
+                # The hot path: the whole reply fits in the socket buffer at once.
+                try:
+                    sent = self.sock.send(raw)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:
+                    return  # the peer went away; the read side notices and cleans up
+                if sent == len(raw):
+                    return
+                self.out.append(memoryview(raw)[sent:])
+                self.out_bytes += len(raw) - sent
+        self._after_write()
+
+    def _write(self, bufs: list[bytes | memoryview]) -> None:
+        """Send what the socket takes now, queue the rest (called with the lock held).
+
+        Queued bytes objects are kept as they are (immutable); anything else is copied,
+        since a handle may reuse its buffer once the call returns."""
+        sent = 0
+        if not self.out:
+            try:
+                sent = self.sock.send(bufs[0]) if len(bufs) == 1 else self.sock.sendmsg(bufs)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                return  # the peer went away; the read side notices and cleans up
+        for b in bufs:
+            view = memoryview(b).cast("B")
+            n = len(view)
+            if sent >= n:
+                sent -= n
+                continue
+            rest = view[sent:] if type(b) is bytes else bytes(view[sent:])
+            sent = 0
+            self.out.append(rest)
+            self.out_bytes += len(rest)
+
+    def _after_write(self) -> None:
+        if not self.out:
+            return
+        if threading.get_ident() == self.loop.tid:
+            self.loop.update(self)
+            return
+        self.loop.dirty(self)
+        with self.lock:  # back-pressure on threads that push (events, waiting ops)
+            while self.out_bytes > WAIT_OUT and not self.closing:
+                self.drained.wait(1.0)
+
+    def flush(self) -> bool:
+        """Send queued bytes (loop thread, socket writable); False if the peer is gone."""
+        with self.lock:
+            out = self.out
+            while out:
+                b = out[0]
+                try:
+                    n = self.sock.send(b)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    out.clear()
+                    self.out_bytes = 0
+                    self.drained.notify_all()
+                    return False
+                self.out_bytes -= n
+                if n == len(b):
+                    out.popleft()
+                else:
+                    out[0] = memoryview(b)[n:]
+                    break
+            if self.out_bytes <= WAIT_OUT:
+                self.drained.notify_all()
+        return True
+
+    # -- the lane: this connection's calls that must not run on the loop ------------------
+
+    def to_lane(self, item: Any) -> None:
+        with self.lane_cv:
+            self.lane.append(item)
+            self.lane_busy += 1
+            if self.lane_thread:
+                self.lane_cv.notify()
+                return
+            self.lane_thread = True
+        self.loop.server.spawn(self._lane, "hwbridge-lane")
+
+    def _lane(self) -> None:
+        while True:
+            with self.lane_cv:
+                while not self.lane:
+                    if not self.lane_cv.wait(LANE_LINGER) and not self.lane:
+                        self.lane_thread = False
+                        return
+                item = self.lane.popleft()
+            try:
+                if item is _CLOSE:
+                    self.loop.finish(self)
+                    return
+                if type(item) is Error:  # why the loop ended the connection, after the
+                    self.send(item)  # replies of the calls before it
+                else:
+                    self.session.handle(item)
+            except Exception:
+                log.exception("%s: call failed", self.peer)
+            finally:
+                with self.lane_cv:
+                    self.lane_busy -= 1
+                if not self.mask & READ and not self.ended:
+                    self.loop.dirty(self)  # reading may have paused on a full lane: resume
+
+
+class Loop:
+    """The event loop serving every plain connection of a Server."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.poller = _poller()
+        self.conns: dict[int, _Conn] = {}
+        self.listeners: dict[int, socket.socket] = {}
+        self.tid = 0
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.poller.register(self._wake_r.fileno(), READ)
+        self._dirty: set[_Conn] = set()
+        self._dirty_lock = threading.Lock()
+        self._woken = False
+        self._stopping = False
+
+    def add_listener(self, s: socket.socket) -> None:
+        s.setblocking(False)
+        self.listeners[s.fileno()] = s
+        self.poller.register(s.fileno(), READ)
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake()
+
+    # -- requests from other threads ------------------------------------------------------
+
+    def dirty(self, c: _Conn) -> None:
+        """Ask the loop to recompute what ``c`` waits for (output queued, lane drained)."""
+        with self._dirty_lock:
+            self._dirty.add(c)
+            if self._woken:
+                return
+            self._woken = True
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            self._wake_w.send(b"\0")
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.tid = threading.get_ident()
+        poll = self.poller.poll
+        conns = self.conns
+        wake = self._wake_r.fileno()
+        next_sweep = time.monotonic() + SWEEP
+        try:
+            while not self._stopping:
+                for fd, ev in poll(SWEEP if conns else None):
+                    c = conns.get(fd)
+                    if c is not None:
+                        if ev & WRITE and not c.flush():
+                            self.end(c)
+                        elif ev & _READABLE:
+                            self._readable(c)
+                        elif not c.ended:
+                            self.update(c)
+                    elif fd == wake:
+                        self._drain_wake()
+                    elif fd in self.listeners:
+                        self._accept(self.listeners[fd])
+                if conns:
+                    now = time.monotonic()
+                    if now >= next_sweep:
+                        next_sweep = now + SWEEP
+                        self._sweep(now)
+        finally:
+            for c in list(conns.values()):
+                self.end(c)
+            self.poller.close()
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def _drain_wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            self._wake_r.recv(4096)
+        with self._dirty_lock:
+            dirty, self._dirty = self._dirty, set()
+            self._woken = False
+        for c in dirty:
+            self.update(c)
+
+    def update(self, c: _Conn) -> None:
+        """Wait for what ``c`` needs now: output room while replies are queued; more
+        requests unless too many replies wait or the lane is full (back-pressure)."""
+        if self.conns.get(c.fd) is not c:
+            return  # ended: its lane sends what is left
+        want = WRITE if c.out else 0
+        if c.out_bytes < PAUSE_OUT and c.lane_busy < self.server.limits.max_in_flight:
+            want |= READ
+        if want != c.mask:
+            if want and c.mask:
+                self.poller.modify(c.fd, want)
+            elif want:
+                self.poller.register(c.fd, want)
+            else:
+                self.poller.unregister(c.fd)
+            c.mask = want
+
+    def _accept(self, listener: socket.socket) -> None:
+        srv = self.server
+        for _ in range(64):
+            try:
+                sock, addr = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.warning("accept failed: %s", e)
+                return
+            if not srv.start_handshake(addr):
+                sock.close()
+                continue
+            sock.setblocking(False)
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            from .server import _peer_name
+
+            c = _Conn(self, sock, _peer_name(sock, addr), srv.max_frame)
+            self.conns[c.fd] = c
+            srv.track(sock, True)
+            self.update(c)
+
+    def _readable(self, c: _Conn) -> None:
+        try:
+            chunk = c.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            log.debug("%s: connection ended: %s", c.peer, e)
+            chunk = b""
+        c.rx = True
+        session = c.session
+        try:
+            for ev in c.conn.receive(chunk):
+                if type(ev) is Call and c.greeted:
+                    if c.lane_busy or not session.call_inline(ev):
+                        c.to_lane(ev)
+                elif isinstance(ev, Hello) and not c.greeted:
+                    if not self._greet(c, ev):
+                        self.end(c)
+                        return
+                elif not c.greeted:
+                    raise ProtocolError("a call before the hello")
+                else:
+                    c.to_lane(ev)
+            c.conn.check()
+        except ProtocolError as e:
+            log.info("%s: protocol error: %s", c.peer, e)
+            self.end(c, Error(0, errno.EPROTO, f"protocol error: {e}"))
+            return
+        except Exception:
+            log.exception("%s: connection failed", c.peer)
+            self.end(c)
+            return
+        if not chunk:
+            self.end(c)
+            return
+        if c.conn.buffered():
+            if c.frame_started is None:
+                c.frame_started = time.monotonic()
+        else:
+            c.frame_started = None
+        if c.lane_busy >= self.server.limits.max_in_flight or c.out:
+            self.update(c)
+
+    def _greet(self, c: _Conn, hello: Hello) -> bool:
+        if not self.server.greet(c.sock, c.session, hello, c, c.send):
+            return False
+        c.greeted = True
+        return True
+
+    def _sweep(self, now: float) -> None:
+        limits = self.server.limits
+        for c in list(self.conns.values()):
+            if c.rx:
+                c.rx = False
+                c.last_rx = now
+            why = ""
+            if not c.greeted:
+                if now - c.accepted > limits.handshake_timeout:
+                    why = "handshake deadline passed"
+            elif c.frame_started is not None:
+                if now - c.frame_started > limits.frame_timeout:
+                    why = "frame deadline passed"
+            elif limits.idle_timeout and now - c.last_rx > limits.idle_timeout:
+                if c.session._waiting or c.lane_busy:
+                    c.last_rx = now  # an operation is waiting on a device: not idle
+                else:
+                    why = "idle deadline passed"
+            if why:
+                log.info("%s: %s; closing", c.peer, why)
+                self.end(c)
+
+    # -- teardown -------------------------------------------------------------------------
+
+    def end(self, c: _Conn, error: Error | None = None) -> None:
+        """Stop serving ``c`` (loop thread). Its lane finishes: the calls queued there,
+        then ``error`` (why it ended) if any, then closing its handles and socket, so
+        closing devices never stalls the loop."""
+        if self.conns.pop(c.fd, None) is None:
+            return
+        if c.mask:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self.poller.unregister(c.fd)
+            c.mask = 0
+        with c.lock:
+            c.closing = True
+            c.drained.notify_all()
+        if error is not None:
+            c.to_lane(error)
+        c.to_lane(_CLOSE)
+
+    def finish(self, c: _Conn) -> None:
+        """The last act of a connection's lane: send what is queued (briefly, best
+        effort), close its handles, close its socket."""
+        srv = self.server
+        with c.lock:
+            c.ended = True
+            out = list(c.out)
+            c.out.clear()
+            c.out_bytes = 0
+            c.drained.notify_all()
+        try:
+            if out:
+                _send_briefly(c.sock, out, FINAL_SEND)
+            c.session.close()
+        finally:
+            if not c.handshake_done:
+                srv.end_handshake()
+            if c.admitted:
+                srv.leave(c.session)
+            srv.track(c.sock, False)
+            with contextlib.suppress(OSError):
+                c.sock.shutdown(socket.SHUT_RDWR)
+            c.sock.close()
+
+
+def _send_briefly(sock: socket.socket, bufs: list[bytes | memoryview], seconds: float) -> None:
+    end = time.monotonic() + seconds
+    try:
+        for b in bufs:
+            sock.settimeout(max(end - time.monotonic(), 0.001))
+            sock.sendall(b)
+    except OSError:
+        pass  # the peer is gone or does not read: what is left is dropped

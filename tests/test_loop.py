@@ -1,0 +1,170 @@
+"""The host's event loop (bridge/loop.py): calls that cannot wait run on the loop, the rest
+on the connection's own lane, in order; a slow operation stalls no other connection; the
+selectors fallback (hosts without epoll) serves the same; large replies queue and drain."""
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+from bridge.sim.backend import register
+from bridge.sim.nodes import ZeroNode
+
+import bridge
+from bridge.host import Host
+from bridge.manifest import parse
+from bridge.protocol import NEED_DATA, Call, Connection, Error, Hello, Reply, Role
+from bridge.server import Server
+
+from .conftest import ServerProc, start_server
+
+MANIFEST = """
+[devices.zero]
+kind = "node"
+path = "/dev/zero"
+access = "r"
+
+[devices.tty]
+kind = "node"
+path = "{pty}"
+ioctls = ["TIOCGWINSZ", "TCGETS", "TCSETS"]
+
+[devices.slow]
+kind = "node"
+sim = "null"
+faults = [{{op = "write", latency = 5.0}}]
+
+[devices.null]
+kind = "node"
+sim = "null"
+"""
+
+
+@pytest.fixture(scope="module", params=["epoll", "selectors"])
+def server(request: pytest.FixtureRequest,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
+    master, slave = os.openpty()
+    env = {"HWBRIDGE_POLLER": request.param}
+    try:
+        with start_server(MANIFEST.format(pty=os.ttyname(slave)), env=env,
+                          workdir=tmp_path_factory.mktemp("loop")) as s:
+            yield s
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def _raw(server: ServerProc) -> tuple[socket.socket, Connection]:
+    host, port = server.url.rsplit("/", 1)[-1].rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=20)
+    conn = Connection(Role.CLIENT)
+    sock.sendall(b"".join(bytes(b) for b in conn.send(Hello())))
+    assert isinstance(_next(sock, conn), Hello)
+    return sock, conn
+
+
+def _next(sock: socket.socket, conn: Connection) -> object:
+    while True:
+        ev = conn.next_event()
+        if ev is not NEED_DATA:
+            assert ev is not None, "the host closed the connection"
+            return ev
+        conn.receive_data(sock.recv(1 << 20))
+
+
+def _frame(conn: Connection, msg: Call | Hello) -> bytes:
+    return b"".join(bytes(b) for b in conn.send(msg))
+
+
+def test_the_posix_paths_work_on_either_poller(server: ServerProc) -> None:
+    with bridge.connect(server.url) as host:
+        zero, tty = host.open("zero"), host.open("tty")
+        assert zero.read(16) == bytes(16)
+        assert len(zero.read(4 << 20)) == 4 << 20  # larger than a socket buffer: queued
+        assert len(tty.ioctl("TIOCGWINSZ")) == 8  # inline (ioctl.NO_WAIT)
+        attrs = tty.ioctl("TCGETS")  # inline
+        assert len(attrs) == 36
+        assert tty.ioctl("TCSETS", attrs) == 0  # on the lane (a USB adapter may sleep)
+        assert tty.ioctl("TCGETS") == attrs
+        with host.batch():
+            a = zero.read(3)
+            b = zero.read(5)
+        assert (a.result(), b.result()) == (bytes(3), bytes(5))
+        zero.close()
+        with pytest.raises(OSError) as e:
+            zero.read(1)
+        assert e.value.errno == 9  # EBADF
+
+
+class _Sluggish(ZeroNode):
+    """/dev/zero whose ioctls take 20 ms and are not inline: they run on the lane."""
+
+    INLINE_ALL = False
+
+    def do_ioctl(self, request: int, arg: int | bytearray) -> int:
+        time.sleep(0.02)
+        return 0
+
+
+def test_pipelined_calls_answer_in_order_across_loop_and_lane() -> None:
+    """Once a call went to the lane, later calls of that connection queue behind it."""
+    register("sluggish-zero", _Sluggish)
+    host = Host(parse({"devices": {"sluggish": {"kind": "node", "sim": "sluggish-zero",
+                                                "ioctls": ["TIOCEXCL"]}}}))
+    host.prepare()
+    server = Server(host)
+    _, port = server.listen_tcp("127.0.0.1", 0)
+    server.start()
+    sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+    conn = Connection(Role.CLIENT)
+    try:
+        sock.sendall(_frame(conn, Hello()) + _frame(conn, Call(1, "open", ["sluggish"])))
+        assert isinstance(_next(sock, conn), Hello)
+        opened = _next(sock, conn)
+        assert isinstance(opened, Reply)
+        h = opened.result
+        # Every 7th call is a 20 ms ioctl (the lane); the reads between them the loop runs
+        # at once, unless calls wait on the lane before them: then they queue behind.
+        calls = [Call(i, "ioctl", [h, "TIOCEXCL", None]) if i % 7 == 0 else
+                 Call(i, "read", [h, 8, None]) for i in range(2, 202)]
+        sock.sendall(b"".join(_frame(conn, c) for c in calls))
+        got = []
+        while len(got) < len(calls):
+            ev = _next(sock, conn)
+            assert isinstance(ev, Reply), ev
+            got.append(ev.id)
+        assert got == [c.id for c in calls]
+    finally:
+        sock.close()
+        server.shutdown()
+
+
+def test_a_slow_operation_stalls_no_other_connection(server: ServerProc) -> None:
+    with bridge.connect(server.url) as a, bridge.connect(server.url) as b:
+        slow = a.call("open", ["slow"])
+        pending = a.submit("write", [slow, b"x", None])  # 5 s of fault latency
+        z = b.open("zero")
+        n = b.open("null")
+        for _ in range(100):
+            assert z.read(4) == bytes(4)
+            assert n.write(b"ok") == 2
+        assert b.devices()  # a lane call of the other connection too
+        assert not pending.done, "the slow write finished first: the test proves nothing"
+        assert a.result(pending) == 1
+
+
+def test_garbage_after_good_calls_gets_their_replies_then_an_error(
+        server: ServerProc) -> None:
+    sock, conn = _raw(server)
+    try:
+        sock.sendall(_frame(conn, Call(1, "devices", [])) + b"\x00\x00\x00\x01\x00\x00\x00\x00\xc1")
+        first = _next(sock, conn)
+        assert isinstance(first, Reply) and first.id == 1
+        err = _next(sock, conn)
+        assert isinstance(err, Error) and err.errno == 71  # EPROTO
+    finally:
+        sock.close()
+    with bridge.connect(server.url) as host:
+        assert host.open("zero").read(2) == bytes(2)
