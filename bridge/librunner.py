@@ -17,8 +17,9 @@ import sys
 import threading
 from typing import Any
 
+from .libchannel import Channel
 from .libdecl import LibraryConfig
-from .libworker import Channel, Engine, reply_value
+from .libworker import Engine, reply_value
 
 START_TIMEOUT = 60.0
 KILL_GRACE = 5.0

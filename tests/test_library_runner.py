@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 
 import bridge
+from bridge.libchannel import Channel
 from bridge.library import LibraryHandle, shared_library
 from bridge.librunner import WorkerProcess
-from bridge.libworker import Channel, Engine
+from bridge.libworker import Engine
 from bridge.manifest import DeviceSpec
 from bridge.testing import ServerProc
 from bridge.timeout import PROBE, Deadline, WouldBlock
