@@ -196,10 +196,7 @@ class Client:
             batch: BatchContext | None = getattr(self._local, "batch", None)
             if batch is not None:
                 return batch.add(op, args, transform)
-            for a in args:
-                if type(a) is Deferred:
-                    args = [self._wire(a) for a in args]
-                    break
+            args = self._resolved(args)
         if self.closed:
             raise ConnectionAbortedError(_errno.ECONNABORTED, "connection closed")
         rid = next(self._ids) & 0x7FFFFFFF
@@ -374,6 +371,16 @@ class Client:
                 raise RuntimeError("a deferred result from another batch that has not run")
             return Ref(v.index)
         return v
+
+    def _resolved(self, args: Sequence[Any]) -> Sequence[Any]:
+        """``args`` with the results of batches that ran in place of their Deferreds.
+
+        A method of its own: a comprehension in call() would make ``self`` a closure cell,
+        which costs every call."""
+        for a in args:
+            if type(a) is Deferred:
+                return [self._wire(a) for a in args]
+        return args
 
     def _hello(self, token: str | None = None) -> None:
         p = Pending(0)

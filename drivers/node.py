@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 S = TypeVar("S", bound=ctypes.Structure)
 
 _CTYPES = (ctypes.Structure, ctypes.Union, ctypes.Array)
+_BYTES = (bytes, bytearray, memoryview)
 
 # Room in a frame for everything of a write call but its data (header, op, handle, timeout).
 _FRAME_OVERHEAD = 256
@@ -33,6 +34,9 @@ class Node(Proxy):
         super().__init__(client, name, handle, description)
         self.timeout: float | None = None
         self.write_timeout: float | None = None
+        # The most one write sends (the host's frame limit from its hello, which does not
+        # change), worked out once rather than on every write.
+        self._write_limit = int(client.server_info.get("max_frame", 0)) - _FRAME_OVERHEAD
 
     # Each method below uses ``_handle`` directly when it is already the host's number
     # (always, but for a proxy opened inside a batch that has not run): the ``handle``
@@ -51,8 +55,8 @@ class Node(Proxy):
         Like ``os.write`` the count may be short: one call sends at most what fits in one
         frame of the host (its ``max_frame``), so a huge buffer never breaks the connection.
         """
-        limit = int(self.client.server_info.get("max_frame", 0)) - _FRAME_OVERHEAD
-        if limit > 0 and isinstance(data, bytes | bytearray | memoryview) and len(data) > limit:
+        limit = self._write_limit
+        if limit > 0 and isinstance(data, _BYTES) and len(data) > limit:
             data = memoryview(data)[:limit]
         h = self._handle
         if type(h) is not int:
