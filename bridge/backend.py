@@ -225,7 +225,9 @@ class NodeHandle(DeviceHandle):
     @op("ioctl")
     def ioctl(self, request: str | int, arg: int | bytes | None) -> list[Any]:
         """Run an ioctl the manifest allows; returns [return value, out bytes or None]."""
-        spec = self.spec.find_ioctl(request)
+        spec = self.spec.ioctls.get(request) if type(request) is str else None
+        if spec is None:  # by number, or not allowed (find_ioctl says which)
+            spec = self.spec.find_ioctl(request)
         if spec.by_value or spec.direction is Direction.NONE:
             if spec.direction is Direction.NONE and not spec.by_value and arg not in (None, 0):
                 raise ValueError(f"ioctl {spec.name} takes no argument")

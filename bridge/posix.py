@@ -79,6 +79,9 @@ class PosixNode(FdOwner, NodeHandle):
         super().__init__(spec)
         self.fd = fd
         self._lock = threading.Lock()
+        # The manifest's ioctls the kernel answers at once (ioctl.NO_WAIT), by name.
+        self._no_wait = frozenset(name for name, s in spec.ioctls.items()
+                                  if (s.name, s.request) in NO_WAIT)
 
     def _fd(self) -> int:
         if self.closed:
@@ -87,10 +90,8 @@ class PosixNode(FdOwner, NodeHandle):
 
     def inline(self, op: str, args: Sequence[Any]) -> bool:
         """Only ioctls the kernel answers at once (by name: ioctl.NO_WAIT)."""
-        if op != "ioctl" or len(args) < 2 or type(args[1]) is not str:
-            return False
-        spec = self.spec.ioctls.get(args[1])
-        return spec is not None and (spec.name, spec.request) in NO_WAIT
+        return op == "ioctl" and len(args) > 1 and type(args[1]) is str and \
+            args[1] in self._no_wait
 
     def read_nowait(self, n: int) -> bytes | None:
         with self._lock:
@@ -126,9 +127,11 @@ class PosixNode(FdOwner, NodeHandle):
 
     def do_ioctl(self, request: int, arg: int | bytearray) -> int:
         with self._lock:
-            if isinstance(arg, bytearray):
-                return int(fcntl.ioctl(self._fd(), request, arg, True))
-            return int(fcntl.ioctl(self._fd(), request, arg))
+            if self.closed:  # _fd(), inline: every ioctl's path
+                raise OSError(errno.EBADF, "handle is closed")
+            if type(arg) is bytearray:
+                return int(fcntl.ioctl(self.fd, request, arg, True))
+            return int(fcntl.ioctl(self.fd, request, arg))
 
 
 
