@@ -29,9 +29,11 @@ from .timeout import Deadline
 
 log = logging.getLogger("hwbridge.library")
 
-# A call first waits this long inline on the connection's thread: most library calls take
-# microseconds, and handing them to a thread would cost more than the call itself.
-INLINE_WAIT = 0.01
+# A call first waits this long inline (on the host's event loop, bridge/loop.py): most
+# library calls take microseconds, and handing them to a thread would cost more than the
+# call itself. A slower call goes on in the background and the session's thread collects
+# it, so the loop is held up at most this long.
+INLINE_WAIT = 0.002
 MAX_TOKENS = 4096
 PARKED_TTL = 60.0  # a parked call nobody came back for is forgotten after this long
 

@@ -121,8 +121,12 @@ class WorkerProcess:
 
     def try_call(self, fname: str, args: Any, wait: float) -> list[Any] | Flight | None:
         """The call's outputs if they come within ``wait`` s; a Flight if the call is still
-        running then; None if another call holds the library."""
-        if not self._lock.acquire(blocking=False):
+        running then; None if another call holds the library or no worker runs (starting
+        one takes far longer than ``wait``: that is for :meth:`call`)."""
+        if self._chan is None or not self._lock.acquire(blocking=False):
+            return None
+        if self._chan is None:  # the worker died since
+            self._lock.release()
             return None
         self._send(fname, args)
         values = self._read(fname, wait)

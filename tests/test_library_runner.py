@@ -160,6 +160,9 @@ def handle(testlib: Path) -> Iterator[LibraryHandle]:
     shared = shared_library(spec, str(testlib))
     assert isinstance(shared.runner, WorkerProcess)  # isolation "process", the default
     h = LibraryHandle(spec, shared)
+    with pytest.raises(WouldBlock):
+        h.call("add", [2, 3], PROBE)  # no worker yet: starting one is not for a probe
+    assert h.call("add", [2, 3], Deadline(30.0)) == [5]  # the session's thread starts it
     yield h
     h.close()
     shared.runner.stop()
