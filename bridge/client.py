@@ -7,6 +7,12 @@
 # itself when nobody else is, so a call costs one send and one recv with no thread handoff;
 # replies for other threads are parked and those threads woken. A blocking read on one
 # handle therefore never blocks calls from other threads on the same connection.
+#
+# The common case costs least: a call made while no other thread reads takes the read side
+# before it sends, so its reply can reach no other thread and needs no Pending; a reply
+# that is exactly one frame is decoded in place (Connection.reply_result), and anything
+# else turns the call into an ordinary one. Holding the read side, a call never waits for
+# the send lock or a full socket buffer (a host blocked on our reading would deadlock).
 from __future__ import annotations
 
 import contextlib
