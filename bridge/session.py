@@ -29,6 +29,22 @@ MAX_HANDLES = 1024
 MAX_WAITING = 64  # operations of one connection waiting on a thread at once
 NOW = Deadline(0)  # core ops that could wait (lease) do not, unless the caller says so
 
+# Where the event loop may run an op (bridge/loop.py), decided once per handle and op:
+PROBE_FIRST = 0  # a blocking op: its probe never waits (a wait moves to a thread)
+INSTANT = 1  # the handle says the op returns at once (DeviceHandle.INLINE, INLINE_ALL)
+ASK = 2  # the handle decides per call (DeviceHandle.inline: posix ioctls by request)
+LANE = 3  # never on the loop (a tap, or an op that may sleep)
+
+
+def _where(handle: DeviceHandle, info: OpInfo) -> int:
+    if handle._tap is not None:
+        return LANE
+    if info.blocking:
+        return PROBE_FIRST
+    if handle.INLINE_ALL or info.name in handle.INLINE:
+        return INSTANT
+    return ASK if type(handle).inline is not DeviceHandle.inline else LANE
+
 
 class _Entry:
     """A handle in a connection's table, with its allowed operations bound once."""
@@ -41,10 +57,10 @@ class _Entry:
         self.fenced: str | None = None  # why the handle's lease was lost (bridge/leases.py)
         self.shares: list[Share] | None = None  # tokens made from this handle (shares.py)
         self.origin: Share | None = None  # the token this handle was adopted through
-        # op name -> (table entry, bound method), only for ops the granted access allows:
-        # the hot path is then one dict lookup, no Flag arithmetic, no getattr.
-        self.ops: dict[str, tuple[OpInfo, Callable[..., Any]]] = {
-            name: (info, getattr(handle, info.method))
+        # op name -> (table entry, bound method, where it may run), only for ops the granted
+        # access allows: the hot path is then one dict lookup, no Flag arithmetic, no getattr.
+        self.ops: dict[str, tuple[OpInfo, Callable[..., Any], int]] = {
+            name: (info, getattr(handle, info.method), _where(handle, info))
             for name, info in type(handle).OPS.items()
             if not (info.access & ~access)
         }
@@ -218,13 +234,15 @@ class Session:
         if entry is None:
             return False
         bound = entry.ops.get(c.op)
-        handle = entry.handle
-        if bound is None or handle.closed or handle._tap is not None:
+        if bound is None:
             return False
-        info, fn = bound
+        info, fn, where = bound
+        handle = entry.handle
+        if where == LANE or handle.closed:
+            return False
         try:
-            if not info.blocking:
-                if not handle.inline(c.op, args):
+            if where != PROBE_FIRST:
+                if where == ASK and not handle.inline(c.op, args):
                     return False
                 result = fn(args[1], args[2]) if n == 3 else fn(*args[1:])
             else:
@@ -254,7 +272,7 @@ class Session:
             bound = entry.ops.get(c.op) if entry is not None else None
             if bound is not None and entry is not None and not entry.handle.closed \
                     and entry.handle._tap is None:
-                info, fn = bound
+                info, fn, _ = bound
                 if not info.blocking:
                     result = fn(args[1], args[2]) if n == 3 else fn(*args[1:])
                     if type(result) is Opened:
