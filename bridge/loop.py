@@ -30,7 +30,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from .protocol import Call, Connection, Error, Hello, Message, ProtocolError, Reply, Role
+from .protocol import MISS, Call, Connection, Error, Hello, Message, ProtocolError, Reply, Role
 from .session import Session
 
 if TYPE_CHECKING:
@@ -262,6 +262,11 @@ class Loop:
         self._dirty_lock = threading.Lock()
         self._woken = False
         self._stopping = False
+        # One receive buffer for every connection between frames (only the loop thread
+        # reads): a request is decoded in place from it, with no allocation per receive.
+        self._rbuf = bytearray(RECV_SIZE)
+        self._rview = memoryview(self._rbuf)
+        self.max_in_flight = server.limits.max_in_flight
 
     def add_listener(self, s: socket.socket) -> None:
         s.setblocking(False)
@@ -337,7 +342,7 @@ class Loop:
         if self.conns.get(c.fd) is not c:
             return  # ended: its lane sends what is left
         want = WRITE if c.out else 0
-        if c.out_bytes < PAUSE_OUT and c.lane_busy < self.server.limits.max_in_flight:
+        if c.out_bytes < PAUSE_OUT and c.lane_busy < self.max_in_flight:
             want |= READ
         if want != c.mask:
             if want and c.mask:
@@ -374,7 +379,20 @@ class Loop:
 
     def _readable(self, c: _Conn) -> None:
         try:
-            chunk = c.sock.recv(RECV_SIZE)
+            if c.frame_started is None:  # between frames: into the shared buffer
+                n = c.sock.recv_into(self._rbuf)
+                if c.greeted and not c.lane_busy:
+                    call = c.conn.call_in(self._rview, n)
+                    if call is not MISS:  # one whole call: the hot path
+                        c.rx = True
+                        if not c.session.call_inline(call):
+                            c.to_lane(call)
+                        if c.out or c.lane_busy >= self.max_in_flight:
+                            self.update(c)
+                        return
+                chunk: bytes | bytearray = self._rbuf[:n] if n else b""
+            else:  # the rest of a frame: kept by the Connection as it is, no copy
+                chunk = c.sock.recv(RECV_SIZE)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:
@@ -412,7 +430,7 @@ class Loop:
                 c.frame_started = time.monotonic()
         else:
             c.frame_started = None
-        if c.lane_busy >= self.server.limits.max_in_flight or c.out:
+        if c.lane_busy >= self.max_in_flight or c.out:
             self.update(c)
 
     def _greet(self, c: _Conn, hello: Hello) -> bool:
