@@ -37,9 +37,10 @@ class Flight:
     thread that comes back for the call waits for that.
     """
 
-    def __init__(self, runner: WorkerProcess, fname: str) -> None:
+    def __init__(self, runner: WorkerProcess, fname: str, call: int) -> None:
         self.runner = runner
         self.fname = fname
+        self.call = call  # the runner's number for this call
         self.values: list[Any] = []
         self.error: BaseException | None = None
         self._done = threading.Event()
@@ -63,7 +64,7 @@ class Flight:
     def kill(self, why: str) -> None:
         """Give up on the call: kill the worker (the reader thread sees it die)."""
         if not self._done.is_set():
-            self.runner.kill_late(why)
+            self.runner.kill_late(why, self.call)
 
     def result(self) -> list[Any]:
         if not self._done.is_set():
@@ -118,6 +119,9 @@ class WorkerProcess:
         self._proc: subprocess.Popen[bytes] | None = None
         self._chan: Channel | None = None
         self._late = ""  # why the call in flight was given up (its worker killed)
+        self._calls = 0  # calls sent so far: each call's number
+        self._current = 0  # the number of the call in flight, 0 for none
+        self._state = threading.Lock()  # orders a call's end against killing it
 
     def try_call(self, fname: str, args: Any, wait: float) -> list[Any] | Flight | None:
         """The call's outputs if they come within ``wait`` s; a Flight if the call is still
@@ -130,7 +134,7 @@ class WorkerProcess:
             return None
         self._send(fname, args)
         values = self._read(fname, wait)
-        return Flight(self, fname) if values is None else values
+        return Flight(self, fname, self._current) if values is None else values
 
     def call(self, fname: str, args: Any, timeout: float | None, why_late: str) -> list[Any]:
         """The call's outputs; past ``timeout`` s the worker is killed (``why_late``)."""
@@ -143,18 +147,22 @@ class WorkerProcess:
         """The outputs of the call in flight; past ``timeout`` s the worker is killed."""
         values = self._read(fname, timeout)
         if values is None:
-            self.kill_late(why_late)
+            self.kill_late(why_late, self._current)
             values = self._read(fname, KILL_GRACE)
             if values is None:  # not even SIGKILL ended it in time: give up on that worker
                 self._reap()
-                self._lock.release()
+                self._end()
                 raise TimeoutError(errno.ETIMEDOUT, f"{fname}: {why_late}")
         return values
 
-    def kill_late(self, why: str) -> None:
-        """Give up on the call in flight: its reader sees the worker die and says ``why``."""
-        self._late = why
-        self._kill()
+    def kill_late(self, why: str, call: int) -> None:
+        """Give up on call number ``call`` if it is still in flight: its reader sees the
+        worker die and says ``why``. (A call that just ended, and the next one, are safe.)"""
+        with self._state:
+            if call != self._current:
+                return
+            self._late = why
+            self._kill()
 
     # -- one call: the lock is held from _send until _read returns the outcome ------------
 
@@ -167,16 +175,18 @@ class WorkerProcess:
                 self._lock.release()
                 raise
         self._late = ""
+        self._calls += 1
+        self._current = self._calls
         try:
             chan.send([fname, args])
         except OSError:  # the worker is gone
             self._kill()
             reason = self._reap()
-            self._lock.release()
+            self._end()
             raise OSError(errno.EIO, f"{fname}: {reason}; the worker is restarted for the "
                                      "next call") from None
         except BaseException:  # nothing was sent (a value msgpack cannot carry)
-            self._lock.release()
+            self._end()
             raise
 
     def _read(self, fname: str, timeout: float | None) -> list[Any] | None:
@@ -193,20 +203,26 @@ class WorkerProcess:
         except BaseException:  # not a reply we can read: this worker is done
             self._kill()
             self._reap()
-            self._lock.release()
+            self._end()
             raise
         if reply is None:  # the worker died: crashed, exited, or killed for being late
             reason, why = self._reap(), self._late
-            self._lock.release()
+            self._end()
             if why:
                 raise TimeoutError(errno.ETIMEDOUT, f"{fname}: {why}")
             raise OSError(errno.EIO, f"{fname}: {reason}; the worker is restarted for the "
                                      "next call")
-        self._lock.release()
+        self._end()
         if reply[0] == 0:
             values: list[Any] = reply[1]
             return values
         return reply_value(reply)  # raises the call's error
+
+    def _end(self) -> None:
+        """The call in flight is over: no one may kill the worker for it any more."""
+        with self._state:
+            self._current = 0
+        self._lock.release()
 
     # -- the worker's life ----------------------------------------------------------------
 

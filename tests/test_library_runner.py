@@ -265,3 +265,33 @@ functions = ["slow", "count"]
             a = lib.slow(20)
             b = lib.count()
         assert (a.result(), b.result()) == (20, 5)
+
+
+def test_killing_a_call_that_is_over_spares_the_next_one(handle: LibraryHandle) -> None:
+    runner = handle.runner
+    assert isinstance(runner, WorkerProcess)
+    assert runner.call("add", [1, 1], 5.0, "late") == [2]
+    stale = runner._calls  # the number of the call that just ended
+    results: list[Any] = []
+
+    def slow() -> None:
+        try:
+            results.append(runner.call("hang", [1], 5.0, "given up"))
+        except Exception as e:
+            results.append(e)
+
+    t = threading.Thread(target=slow)
+    t.start()
+    time.sleep(0.3)
+    runner.kill_late("too late for the old call", stale)  # must not touch the new call
+    t.join(5)
+    assert results == [[1]]
+    generation = runner.generation
+    t = threading.Thread(target=slow)
+    t.start()
+    time.sleep(0.3)
+    runner.kill_late("given up", runner._current)  # the call in flight: killed
+    t.join(5)
+    assert isinstance(results[1], TimeoutError) and "given up" in str(results[1])
+    assert runner.call("add", [2, 2], 30.0, "late") == [4]  # a new worker
+    assert runner.generation == generation + 1
