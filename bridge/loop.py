@@ -298,25 +298,28 @@ class Loop:
         self.tid = threading.get_ident()
         poll = self.poller.poll
         conns = self.conns
+        readable = self._readable
+        monotonic = time.monotonic
+        write, ready = WRITE, _READABLE
         wake = self._wake_r.fileno()
-        next_sweep = time.monotonic() + SWEEP
+        next_sweep = monotonic() + SWEEP
         try:
             while not self._stopping:
                 for fd, ev in poll(SWEEP if conns else None):
                     c = conns.get(fd)
                     if c is not None:
-                        if ev & WRITE and not c.flush():
+                        if ev & write and not c.flush():
                             self.end(c)
-                        elif ev & _READABLE:
-                            self._readable(c)
-                        elif not c.ended:
+                        elif ev & ready:
+                            readable(c)
+                        else:
                             self.update(c)
                     elif fd == wake:
                         self._drain_wake()
                     elif fd in self.listeners:
                         self._accept(self.listeners[fd])
                 if conns:
-                    now = time.monotonic()
+                    now = monotonic()
                     if now >= next_sweep:
                         next_sweep = now + SWEEP
                         self._sweep(now)
