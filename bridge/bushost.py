@@ -79,6 +79,12 @@ def _einval(message: str) -> OSError:
     return OSError(errno.EINVAL, message)
 
 
+def _payload(data: object, what: str) -> bytes:
+    if isinstance(data, bytes | bytearray):
+        return bytes(data)
+    raise TypeError(f"{what} must be bytes, not {type(data).__name__}")
+
+
 def parse_i2c_messages(address: object, messages: object) -> list[I2CMsg]:
     """Check an I2C_RDWR request the way i2c-dev does: EINVAL for what it would refuse.
 
@@ -138,13 +144,20 @@ class I2CHandle(DeviceHandle):
     def do_funcs(self) -> int:
         """The adapter's I2C_FUNC_* bits."""
 
+    def do_write_read(self, address: int, data: bytes, n: int) -> bytes:
+        """Write ``data`` to 7-bit ``address``, repeated start, read ``n`` bytes: one combined
+        transfer of two messages, already validated. A backend may run it without building
+        the messages (the sim does); by default it is do_transfer's."""
+        return self.do_transfer((I2CMsg(address, 0, data, len(data)),
+                                 I2CMsg(address, I2C_M_RD, b"", n)))[0]
+
     def _check_open(self) -> None:
         if self.closed:
             raise OSError(errno.EBADF, "handle is closed")
 
     def _run(self, msgs: list[I2CMsg]) -> list[bytes]:
         self._check_open()
-        if any(not m.read for m in msgs) and not self.access & Access.WRITE:
+        if any(not m.flags & I2C_M_RD for m in msgs) and not self.access & Access.WRITE:
             raise PermissionError(errno.EACCES, "a write message needs write access")
         return self.do_transfer(msgs)
 
@@ -153,25 +166,47 @@ class I2CHandle(DeviceHandle):
         """I2C_RDWR: messages as ``[flags, bytes]`` or ``[flags | I2C_M_RD, length]``."""
         return self._run(parse_i2c_messages(address, messages))
 
+    # read_register and write_register are transfers of a fixed shape (flags 0, a 7-bit
+    # address), so their arguments are checked here directly, as parse_i2c_messages would
+    # check that shape, without building its wire form first.
+
     @op("read_register", Access.READ)
     def read_register(self, address: int, register: bytes, n: int) -> bytes:
         """Write the register pointer ``register``, repeated start, read ``n`` bytes."""
-        msgs = parse_i2c_messages(address, [[0, register], [I2C_M_RD, n]])
-        self._check_open()
-        return self.do_transfer(msgs)[0]
+        if type(address) is not int or not 0 <= address <= 0x7F:
+            raise _einval(f"address must be an integer 0..0x7f, not {address!r}")
+        if type(register) is not bytes:
+            register = _payload(register, "register")
+        if len(register) > I2C_MSG_MAX_LEN:
+            raise _einval(f"a {len(register)}-byte register, i2c-dev allows {I2C_MSG_MAX_LEN}")
+        if type(n) is not int or not 0 <= n <= I2C_MSG_MAX_LEN:
+            raise _einval(f"a read takes 0..{I2C_MSG_MAX_LEN} bytes, not {n!r}")
+        if self.closed:
+            raise OSError(errno.EBADF, "handle is closed")
+        return self.do_write_read(address, register, n)
 
     @op("write_register", Access.WRITE)
     def write_register(self, address: int, register: bytes, data: bytes) -> None:
         """Write the register pointer then ``data`` in one message."""
-        if not isinstance(register, bytes) or not isinstance(data, bytes):
-            raise TypeError("register and data must be bytes")
-        self._run(parse_i2c_messages(address, [[0, register + data]]))
+        if type(address) is not int or not 0 <= address <= 0x7F:
+            raise _einval(f"address must be an integer 0..0x7f, not {address!r}")
+        payload = _payload(register, "register") + _payload(data, "data")
+        if len(payload) > I2C_MSG_MAX_LEN:
+            raise _einval(f"a {len(payload)}-byte message, i2c-dev allows {I2C_MSG_MAX_LEN}")
+        self._check_open()
+        self.do_transfer((I2CMsg(address, 0, payload, len(payload)),))
 
     @op("funcs")
     def funcs(self) -> int:
         """I2C_FUNCS: the adapter's functionality bits."""
         self._check_open()
         return self.do_funcs()
+
+
+# The integer fields of a transfer's wire form after tx: (name, bits).
+_SPI_FIELDS = (("length", 32), ("speed_hz", 32), ("delay_usecs", 16), ("bits_per_word", 8),
+               ("cs_change", 8), ("tx_nbits", 8), ("rx_nbits", 8), ("word_delay_usecs", 8))
+_SPI_ZEROS = (0,) * len(_SPI_FIELDS)
 
 
 def parse_spi_transfers(transfers: object, bufsiz: int) -> list[SPIXfer]:
@@ -189,23 +224,27 @@ def parse_spi_transfers(transfers: object, bufsiz: int) -> list[SPIXfer]:
     for i, t in enumerate(transfers):
         if not isinstance(t, list | tuple) or not 2 <= len(t) <= 9:
             raise TypeError(f"transfer {i} must be [tx, length, ...] with 2..9 fields")
-        tx, fields = t[0], [*t[1:], *[0] * (9 - len(t))]
+        tx, fields = t[0], (*t[1:], *_SPI_ZEROS[len(t) - 1:])
         if tx is not None and not isinstance(tx, bytes | bytearray):
             raise TypeError(f"transfer {i}: tx must be bytes or None")
-        length = _uint(fields[0], 32, f"transfer {i} length")
+        for v, (name, bits) in zip(fields, _SPI_FIELDS, strict=True):
+            if type(v) is not int or not 0 <= v < (1 << bits):
+                raise ValueError(f"transfer {i}: {name} must be an integer "
+                                 f"0..{(1 << bits) - 1}, not {v!r}")
+        length = fields[0]
         if tx is not None and len(tx) != length:
             raise ValueError(f"transfer {i}: {len(tx)} tx bytes for length {length}")
-        x = SPIXfer(None if tx is None else bytes(tx), length,
-                    _uint(fields[1], 32, "speed_hz"), _uint(fields[2], 16, "delay_usecs"),
-                    _uint(fields[3], 8, "bits_per_word"), bool(_uint(fields[4], 8, "cs_change")),
-                    _uint(fields[5], 8, "tx_nbits"), _uint(fields[6], 8, "rx_nbits"),
-                    _uint(fields[7], 8, "word_delay_usecs"))
         total += length
-        out.append(x)
+        out.append(SPIXfer(None if tx is None else bytes(tx), length, fields[1], fields[2],
+                           fields[3], bool(fields[4]), fields[5], fields[6], fields[7]))
     if total > bufsiz:
-        raise OSError(errno.EMSGSIZE, f"{total} bytes in one SPI message; spidev's bufsiz "
-                                      f"is {bufsiz}")
+        raise _emsgsize(total, bufsiz)
     return out
+
+
+def _emsgsize(total: int, bufsiz: int) -> OSError:
+    return OSError(errno.EMSGSIZE, f"{total} bytes in one SPI message; spidev's bufsiz "
+                                   f"is {bufsiz}")
 
 
 SPI_SETTINGS = ("mode", "max_speed", "bits_per_word", "lsb_first")
@@ -226,6 +265,12 @@ class SPIHandle(DeviceHandle):
     def do_message(self, xfers: Sequence[SPIXfer]) -> list[bytes]:
         """Run one SPI_IOC_MESSAGE; the received bytes of each transfer."""
 
+    def do_exchange(self, tx: bytes) -> bytes:
+        """One message of one plain transfer (``tx`` out, as many bytes in; every setting
+        the device's own), already validated. A backend may run it without building the
+        transfer (the sim does); by default it is do_message's."""
+        return self.do_message((SPIXfer(tx, len(tx)),))[0]
+
     @abc.abstractmethod
     def read_settings(self) -> dict[str, int | bool]:
         """mode (the whole u8 of SPI_IOC_RD_MODE), max_speed (Hz), bits_per_word, lsb_first."""
@@ -241,6 +286,18 @@ class SPIHandle(DeviceHandle):
     @op("transfer", Access.RW)
     def transfer(self, transfers: list[Any]) -> list[bytes]:
         """SPI_IOC_MESSAGE(n): chip select framed transfers; rx bytes of each."""
+        # The commonest message, one transfer [tx, length] (SPI.transfer's), is checked
+        # here exactly as parse_spi_transfers would check it, without building an SPIXfer.
+        if type(transfers) is list and len(transfers) == 1:
+            t = transfers[0]
+            if type(t) is list and len(t) == 2:
+                tx, length = t
+                if type(tx) is bytes and type(length) is int and length == len(tx):
+                    if length > self.bufsiz:
+                        raise _emsgsize(length, self.bufsiz)
+                    if self.closed:
+                        raise OSError(errno.EBADF, "handle is closed")
+                    return [self.do_exchange(tx)]
         xfers = parse_spi_transfers(transfers, self.bufsiz)
         self._check_open()
         return self.do_message(xfers)

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import errno
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .base import Proxy, errno_subclass
@@ -101,16 +101,23 @@ class I2C(Proxy):
                  description: dict[str, Any] | None = None) -> None:
         super().__init__(client, name, handle, description)
 
+    # Each method checks its arguments before any I/O (the host checks them again: it
+    # trusts no client), then makes its one call inline; the text saying what failed is
+    # built only when something did.
 
-    def _call(self, op: str, args: list[Any], what: str, transform: Any = None) -> Any:
+    def _call(self, op: str, args: list[Any], what: Callable[[], str],
+              transform: Callable[[Any], Any] | None = None) -> Any:
         if self.closed:
-            raise I2CError(errno.EBADF, f"{what}: the I2C device {self.name} is closed")
+            raise I2CError(errno.EBADF, f"{what()}: the I2C device {self.name} is closed")
+        h = self._handle
+        if type(h) is not int:  # a Deferred while the batch that opened it is pending
+            h = self.handle
         try:
-            return self.client.call(op, [self.handle, *args], transform)
+            return self.client.call(op, [h, *args], transform)
         except I2CError:
             raise
         except OSError as e:
-            raise _wrap(e, what) from e
+            raise _wrap(e, what()) from e
 
     def transfer(self, address: int, messages: Sequence[Message]) -> Any:
         """Run ``messages`` to ``address`` as one I2C_RDWR; returns each read's data.
@@ -122,31 +129,50 @@ class I2C(Proxy):
             raise ValueError("messages must be a non-empty list of I2C.Message")
         if len(messages) > MAX_MESSAGES:
             raise ValueError(f"one transfer takes at most {MAX_MESSAGES} messages")
-        if not all(isinstance(m, I2C.Message) for m in messages):
-            raise TypeError("every message must be an I2C.Message")
-        msgs = list(messages)
-        _check_address(address, any(m.flags & I2C_M_TEN for m in msgs))
-        wired = [m.wire() for m in msgs]
+        wired: list[list[Any]] = []
+        reads: list[I2C.Message] = []
+        flags = 0
+        for m in messages:  # one pass: check, wire form, which messages read
+            if not isinstance(m, I2C.Message):
+                raise TypeError("every message must be an I2C.Message")
+            flags |= m.flags
+            if m.read:
+                reads.append(m)
+            wired.append(m.wire())
+        _check_address(address, bool(flags & I2C_M_TEN))
 
         def fill(results: list[bytes]) -> list[bytes]:
-            for m, got in zip((m for m in msgs if m.read), results, strict=True):
+            for m, got in zip(reads, results, strict=True):
                 m.fill(got)
             return results
 
-        return self._call("transfer", [address, wired], f"I2C transfer to 0x{address:02x}",
-                          fill)
+        return self._call("transfer", [address, wired],
+                          lambda: f"I2C transfer to 0x{address:02x}", fill if reads else None)
 
     def read_register(self, address: int, register: int | bytes, n: int) -> Any:
         """Write the register number, repeated start, read ``n`` bytes: one round trip.
 
         ``register`` is an int 0..255 (one byte) or bytes for wider register addresses.
         """
-        _check_address(address, False)
-        reg = _register(register)
+        # A sensor poll's hot path: the checks and the call spelled out, no helper calls.
+        if type(register) is int and 0 <= register <= 255:
+            reg = _REGISTERS[register]
+        else:
+            reg = _register(register)
+        if type(address) is not int or not 0 <= address <= 0x7F:
+            raise ValueError(f"address must be an integer 0..0x7f, not {address!r}")
         if type(n) is not int or not 0 <= n <= MAX_MESSAGE_LEN:
             raise ValueError(f"n must be an integer 0..{MAX_MESSAGE_LEN}, not {n!r}")
-        return self._call("read_register", [address, reg, n],
-                          f"I2C read of register {reg.hex()} at 0x{address:02x}")
+        h = self._handle
+        if self.closed or type(h) is not int:  # or opened in a batch that has not run
+            return self._call("read_register", [address, reg, n],
+                              lambda: f"I2C read of register {reg.hex()} at 0x{address:02x}")
+        try:
+            return self.client.call("read_register", [h, address, reg, n])
+        except I2CError:
+            raise
+        except OSError as e:
+            raise _wrap(e, f"I2C read of register {reg.hex()} at 0x{address:02x}") from e
 
     def write_register(self, address: int, register: int | bytes,
                        data: bytes | bytearray | list[int]) -> Any:
@@ -157,12 +183,16 @@ class I2C(Proxy):
         if len(reg) + len(payload) > MAX_MESSAGE_LEN:
             raise ValueError(f"a message carries at most {MAX_MESSAGE_LEN} bytes")
         return self._call("write_register", [address, reg, payload],
-                          f"I2C write of register {reg.hex()} at 0x{address:02x}")
+                          lambda: f"I2C write of register {reg.hex()} at 0x{address:02x}")
 
     def funcs(self) -> Any:
         """The adapter's I2C_FUNCS bits (I2C_FUNC_I2C = 1, ...)."""
-        return self._call("funcs", [], "I2C_FUNCS")
+        return self._call("funcs", [], lambda: "I2C_FUNCS")
 
+
+
+_REGISTERS = tuple(bytes((r,)) for r in range(256))
+"""The one-byte register numbers, made once."""
 
 
 def _check_address(address: object, ten_bit: bool) -> None:

@@ -6,7 +6,8 @@
 from __future__ import annotations
 
 import errno
-from collections.abc import Sequence
+import operator
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .base import Proxy, errno_subclass
@@ -35,6 +36,14 @@ def _wrap(e: OSError, what: str) -> SPIError:
     err = errno_subclass(SPIError, e, f"{what}: {e.strerror or e}", _ERRORS)
     assert isinstance(err, SPIError)
     return err
+
+
+_first = operator.itemgetter(0)
+"""The rx bytes of a one-transfer message's result (a C callable: no Python frame)."""
+
+
+def _transfer_what() -> str:
+    return "SPI transfer"
 
 
 def _like(template: object, got: bytes) -> Any:
@@ -84,23 +93,40 @@ class SPI(Proxy):
         self._settings: dict[str, Any] | None = None
 
 
-    def _call(self, op: str, args: list[Any], what: str, transform: Any = None) -> Any:
+    # Each method checks its arguments before any I/O (the host checks them again: it
+    # trusts no client), then makes its one call; the text saying what failed is built
+    # only when something did.
+
+    def _call(self, op: str, args: list[Any], what: Callable[[], str],
+              transform: Callable[[Any], Any] | None = None) -> Any:
         if self.closed:
-            raise SPIError(errno.EBADF, f"{what}: the SPI device {self.name} is closed")
+            raise SPIError(errno.EBADF, f"{what()}: the SPI device {self.name} is closed")
+        h = self._handle
+        if type(h) is not int:  # a Deferred while the batch that opened it is pending
+            h = self.handle
         try:
-            return self.client.call(op, [self.handle, *args], transform)
+            return self.client.call(op, [h, *args], transform)
         except SPIError:
             raise
         except OSError as e:
-            raise _wrap(e, what) from e
+            raise _wrap(e, what()) from e
 
     # -- transfers ----------------------------------------------------------------------
 
     def transfer(self, data: bytes | bytearray | list[int]) -> Any:
         """Shift ``data`` out and return what came in, in the same type (full duplex)."""
-        tx = _as_bytes(data, "data")
-        return self._call("transfer", [[[tx, len(tx)]]], "SPI transfer",
-                          lambda rx: _like(data, rx[0]))
+        # The hot path: bytes in, bytes out, the call spelled out, no helper calls.
+        h = self._handle
+        if type(data) is not bytes or self.closed or type(h) is not int:
+            tx = _as_bytes(data, "data")
+            shape = _first if type(data) is bytes else lambda rx: _like(data, rx[0])
+            return self._call("transfer", [[[tx, len(tx)]]], _transfer_what, shape)
+        try:
+            return self.client.call("transfer", [h, [[data, len(data)]]], _first)
+        except SPIError:
+            raise
+        except OSError as e:
+            raise _wrap(e, _transfer_what()) from e
 
     def transfer_message(self, transfers: Sequence[Transfer]) -> Any:
         """Several transfers under one chip select (SPI_IOC_MESSAGE(n)); rx of each."""
@@ -109,7 +135,7 @@ class SPI(Proxy):
         if not all(isinstance(t, SPI.Transfer) for t in transfers):
             raise TypeError("every transfer must be an SPI.Transfer")
         ts = list(transfers)
-        return self._call("transfer", [[t.wire() for t in ts]], "SPI message",
+        return self._call("transfer", [[t.wire() for t in ts]], lambda: "SPI message",
                           lambda rx: [_like(t.data, r) if t.tx is not None else r
                                       for t, r in zip(ts, rx, strict=True)])
 
@@ -121,16 +147,17 @@ class SPI(Proxy):
 
     def settings(self) -> Any:
         """Read all settings from the host (one round trip) and cache them."""
-        return self._call("settings", [], "SPI settings", self._remember)
+        return self._call("settings", [], lambda: "SPI settings", self._remember)
 
     def _get(self, name: str, convert: Any = None) -> Any:
         if self._settings is None:
-            return self._call("settings", [], f"SPI {name}",
+            return self._call("settings", [], lambda: f"SPI {name}",
                               lambda s: _pick(self._remember(s), name, convert))
         return _pick(self._settings, name, convert)
 
     def _set(self, name: str, value: Any) -> None:
-        self._call("configure", [{name: value}], f"SPI setting {name}", self._remember)
+        self._call("configure", [{name: value}], lambda: f"SPI setting {name}",
+                   self._remember)
 
     @property
     def mode(self) -> Any:

@@ -12,6 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from bridge.backend import Access, DeviceHandle
 from bridge.bushost import I2C_FUNC_I2C, I2C_FUNC_NOSTART, I2CHandle, I2CMsg
+from bridge.ioctl import I2C_M_TEN
 from bridge.manifest import DeviceSpec
 
 
@@ -57,18 +58,40 @@ class I2CBus:
         out: list[bytes] = []
         with self.lock:
             for m in msgs:
-                target = None if m.flags & 0x0010 else self.targets.get(m.addr)
+                # Targets have 7-bit addresses: nobody answers a 10-bit one.
+                target = None if m.flags & I2C_M_TEN else self.targets.get(m.addr)
                 if target is None:
-                    raise OSError(errno.ENXIO, f"no device acknowledges address 0x{m.addr:02x}")
+                    raise _nak(m.addr)
                 if m.read:
-                    data = bytes(target.i2c_read(m.length))
-                    if len(data) != m.length:
-                        raise OSError(errno.EIO, f"target 0x{m.addr:02x} returned {len(data)} "
-                                                 f"bytes for a {m.length}-byte read")
-                    out.append(data)
+                    out.append(_checked(target.i2c_read(m.length), m.addr, m.length))
                 else:
                     target.i2c_write(m.data)
         return out
+
+    def write_read(self, address: int, data: bytes, n: int) -> bytes:
+        """``transfer`` of a write of ``data`` then a read of ``n`` bytes, both to 7-bit
+        ``address`` (a register read), without the messages."""
+        with self.lock:
+            target = self.targets.get(address)
+            if target is None:
+                raise _nak(address)
+            target.i2c_write(data)
+            got = target.i2c_read(n)
+        return got if type(got) is bytes and len(got) == n else _checked(got, address, n)
+
+
+def _nak(address: int) -> OSError:
+    return OSError(errno.ENXIO, f"no device acknowledges address 0x{address:02x}")
+
+
+def _checked(data: bytes, address: int, n: int) -> bytes:
+    """What a target's i2c_read returned, as bytes, refused unless it is ``n`` long."""
+    if type(data) is not bytes:
+        data = bytes(data)
+    if len(data) != n:
+        raise OSError(errno.EIO, f"target 0x{address:02x} returned {len(data)} bytes for a "
+                                 f"{n}-byte read")
+    return data
 
 
 class TMP102:
@@ -116,7 +139,7 @@ class TMP102:
 
     def i2c_read(self, n: int) -> bytes:
         word = self.register(self.pointer).to_bytes(2, "big")
-        return (word * (n // 2 + 1))[:n]
+        return word if n == 2 else (word * (n // 2 + 1))[:n]
 
 
 class EEPROM24C02:
@@ -268,6 +291,9 @@ class SimI2C(I2CHandle):
 
     def do_transfer(self, msgs: Sequence[I2CMsg]) -> list[bytes]:
         return self.bus.transfer(msgs)
+
+    def do_write_read(self, address: int, data: bytes, n: int) -> bytes:
+        return self.bus.write_read(address, data, n)
 
     def do_funcs(self) -> int:
         return I2C_FUNC_I2C | I2C_FUNC_NOSTART

@@ -68,6 +68,21 @@ class SPIController:
                 self.target.spi_deselect()
         return out
 
+    def exchange(self, tx: bytes) -> bytes:
+        """``message`` of one transfer of ``tx`` with no cs_change, without the SPIXfer."""
+        with self.lock:
+            lsb = self.settings["lsb_first"]
+            if lsb:
+                tx = tx.translate(_REVERSE)
+            if not self._selected:
+                self.target.spi_select()
+            rx = self.target.spi_exchange(tx)
+            self._selected = False
+            self.target.spi_deselect()
+        if type(rx) is not bytes:
+            rx = bytes(rx)
+        return rx.translate(_REVERSE) if lsb else rx
+
 
 class W25Q128:
     """A Winbond W25Q128-like 16 MiB SPI NOR flash (modes 0 and 3).
@@ -223,6 +238,9 @@ class SimSPI(SPIHandle):
 
     def do_message(self, xfers: Sequence[SPIXfer]) -> list[bytes]:
         return self.controller.message(xfers)
+
+    def do_exchange(self, tx: bytes) -> bytes:
+        return self.controller.exchange(tx)
 
     def read_settings(self) -> dict[str, int | bool]:
         with self.controller.lock:

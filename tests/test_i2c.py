@@ -132,6 +132,20 @@ def test_host_enforces_kernel_limits(host: Client, i2c: I2C) -> None:
     assert host.call("transfer", [h, TMP102, [[0, b"\x00"], [I2C_M_RD, 2]]]) == [b"\x19\x00"]
 
 
+def test_host_checks_register_ops_too(host: Client, i2c: I2C) -> None:
+    h = i2c.handle
+    for args in ([0x80, b"\x00", 2], [TMP102, b"\x00", 8193], [TMP102, b"\x00", -1],
+                 [TMP102, "\x00", 2], [TMP102, 0, 2], [TMP102, b"\x00"]):
+        with pytest.raises(OSError) as info:
+            host.call("read_register", [h, *args])
+        assert info.value.errno == errno.EINVAL, args
+    for args in ([0x80, b"\x00", b""], [EEPROM, b"\x00", bytes(8192)], [EEPROM, b"\x00", "x"]):
+        with pytest.raises(OSError) as info:
+            host.call("write_register", [h, *args])
+        assert info.value.errno == errno.EINVAL, args
+    assert host.call("read_register", [h, TMP102, b"\x00", 2]) == b"\x19\x00"
+
+
 @pytest.mark.parametrize("call", [
     lambda d: d.read_register(0x80, 0, 1),
     lambda d: d.read_register(TMP102, 256, 1),

@@ -194,7 +194,8 @@ def test_arguments_checked_before_any_io(lab: ServerProc,
 
 def test_host_rejects_malformed_transfers(host: Client, spi: SPI) -> None:
     h = spi.handle
-    for bad in ([], [[b"\x00", 2]], [["x", 1]], [[None]], "nope"):
+    for bad in ([], [[b"\x00", 2]], [[b"\x00\x00", 1]], [[b"\x00", True]], [["x", 1]],
+                [[None]], [[b"\x00", -1]], "nope"):
         with pytest.raises(OSError) as info:
             host.call("transfer", [h, bad])
         assert info.value.errno == errno.EINVAL
@@ -202,3 +203,6 @@ def test_host_rejects_malformed_transfers(host: Client, spi: SPI) -> None:
         host.call("configure", [h, {"speed": 1}])
     assert info.value.errno == errno.EINVAL
     assert host.call("transfer", [h, [[None, 2]]]) == [b"\xff\xff"]  # tx_buf NULL: zeros out
+    with pytest.raises(OSError) as info:
+        host.call("transfer", [h, [[bytes(4097), 4097]]])
+    assert info.value.errno == errno.EMSGSIZE
