@@ -65,6 +65,8 @@ class I2C(Proxy):
                 if not read:
                     raise ValueError("a length alone makes sense only for a read message")
                 length = data
+            elif type(data) is bytes:  # the common case: nothing to convert or check
+                length = len(data)
             elif isinstance(data, bytes | bytearray | list):
                 length = len(data)
                 if not read:
@@ -82,7 +84,9 @@ class I2C(Proxy):
         def wire(self) -> list[Any]:
             if self.read:
                 return [self.flags | I2C_M_RD, self.length]
-            return [self.flags & ~I2C_M_RD, _as_bytes(self.data, "message data")]
+            data = self.data  # converted now: a bytearray or list may have changed since
+            return [self.flags & ~I2C_M_RD,
+                    data if type(data) is bytes else _as_bytes(data, "message data")]
 
         def fill(self, got: bytes) -> None:
             """Store read data in the type the message was made with."""

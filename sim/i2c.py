@@ -138,7 +138,10 @@ class TMP102:
             self.regs[self.pointer] = value
 
     def i2c_read(self, n: int) -> bytes:
-        word = self.register(self.pointer).to_bytes(2, "big")
+        p = self.pointer
+        value = self.regs[p] if p else self._encode(self.temperature,
+                                                    bool(self.regs[1] & self._EM))
+        word = value.to_bytes(2, "big")
         return word if n == 2 else (word * (n // 2 + 1))[:n]
 
 
