@@ -196,25 +196,30 @@ class Connection:
 
     def reply_result(self, buf: memoryview, n: int, id: int) -> Value | _Miss:
         """The result of the reply to call ``id`` when the ``n`` bytes at the start of
-        ``buf`` are exactly that one whole Reply frame (no data section) and nothing else is
-        pending; :data:`MISS` otherwise, and nothing is consumed: the caller then feeds the
-        same bytes to :meth:`receive`, which handles (and reports) everything else.
+        ``buf`` are exactly that one whole Reply frame and nothing else is pending;
+        :data:`MISS` otherwise, and nothing is consumed: the caller then feeds the same
+        bytes to :meth:`receive`, which handles (and reports) everything else.
 
         The hot path of a client call: decoded in place from the caller's receive buffer,
-        with no copy, no message object and no list of messages.
+        with no message object and no list of messages; a data section (the bytes of a
+        read) is copied once, into the result.
         """
         if n > 8 and self.state is State.READY and self._pos >= len(self._buf) \
                 and not self._want and self._stash is None and not self._eof:
             body_len, data_len = unpack_header(buf, 0)
-            if not data_len and 8 + body_len == n and body_len <= self.max_frame:
+            mid = 8 + body_len
+            if mid + data_len == n and body_len + data_len <= self.max_frame:
                 try:
-                    body = unpackb(buf[8:n], ext_hook=ext_hook, strict_map_key=False)
+                    body = unpackb(buf[8:mid], ext_hook=ext_hook, strict_map_key=False)
                 except Exception:  # malformed: receive() reports it
                     return MISS
                 # The checks decode_body makes for a Reply, plus the id.
                 if type(body) is list and len(body) == 3 and body[0] == 2 \
                         and type(body[1]) is int and body[1] == id:
-                    return body[2]
+                    if not data_len:
+                        return body[2]
+                    if body[2] is None:
+                        return bytes(buf[mid:n])
         return MISS
 
     def call_in(self, buf: memoryview, n: int) -> Call | _Miss:

@@ -118,6 +118,14 @@ def test_the_common_call_needs_no_pending(pair: tuple[Client, ScriptedHost]) -> 
     assert client.call("ioctl", [1, "X", 3], lambda r: ("seen", r)) == ("seen", [1, "X", 3])
 
 
+def test_a_reply_with_a_data_section(pair: tuple[Client, ScriptedHost]) -> None:
+    client, host = pair
+    data = bytes(range(256)) * 40  # travels in the frame's data section
+    host.script = lambda call, conn: [_frames(conn, Reply(call.id, data))]
+    assert client.call("read", [1, len(data), None]) == data
+    assert client._pending == {}
+
+
 def test_a_reply_split_across_reads(pair: tuple[Client, ScriptedHost]) -> None:
     client, host = pair
 
