@@ -244,13 +244,16 @@ class Session:
             if where != PROBE_FIRST:
                 if where == ASK and not handle.inline(c.op, args):
                     return False
-                result = fn(args[1], args[2]) if n == 3 else fn(*args[1:])
+                # The commonest arities spelled out: no args[1:] list, no star call.
+                result = fn(args[1], args[2]) if n == 3 else \
+                    fn(args[1], args[2], args[3]) if n == 4 else fn(*args[1:])
             else:
                 t = args[-1] if n > 1 else 0
                 if not (t is None or (type(t) is float or type(t) is int) and t > 0):
                     return False  # a timeout of 0 or a bad one: the general path
                 try:
-                    result = fn(args[1], PROBE) if n == 3 else fn(*args[1:-1], PROBE)
+                    result = fn(args[1], PROBE) if n == 3 else \
+                        fn(args[1], args[2], PROBE) if n == 4 else fn(*args[1:-1], PROBE)
                 except WouldBlock:
                     self._wait_on_thread(c, handle, info, args[1:-1], t)
                     return True
