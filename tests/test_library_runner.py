@@ -295,3 +295,30 @@ def test_killing_a_call_that_is_over_spares_the_next_one(handle: LibraryHandle) 
     assert isinstance(results[1], TimeoutError) and "given up" in str(results[1])
     assert runner.call("add", [2, 2], 30.0, "late") == [4]  # a new worker
     assert runner.generation == generation + 1
+
+
+def test_a_slow_isolated_call_does_not_hold_up_other_connections(
+        make_server: Callable[..., ServerProc], tmp_path: Path) -> None:
+    (tmp_path / "slowstandin.py").write_text(SLOW_STANDIN)
+    s = make_server("""
+[devices.slow]
+kind = "library"
+sim = "library"
+standin = "slowstandin"
+cdef = "int slow(int ms); int count(void);"
+functions = ["slow", "count"]
+
+[devices.zero]
+kind = "node"
+path = "/dev/zero"
+access = "r"
+""", env={"PYTHONPATH": str(tmp_path)})
+    with bridge.connect(s.url) as a, bridge.connect(s.url) as b, a.open("slow") as lib, \
+            b.open("zero") as zero:
+        assert lib.slow(1) == 1  # the worker runs
+        t = threading.Thread(target=lib.slow, args=(1500,))
+        t.start()
+        time.sleep(0.2)  # the slow call is in the worker by now
+        assert zero.read(4) == b"\0" * 4
+        assert t.is_alive()  # the other connection was served while the call went on
+        t.join(10)
