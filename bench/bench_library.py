@@ -54,7 +54,7 @@ kind = "library"
 path = "{libc}"
 isolation = "{isolation}"
 cdef = "int abs(int j);"
-functions = ["abs"]
+functions = {{abs = {{inline = true}}}}
 """ for name, isolation in (("isolated", "process"), ("inproc", "none"))) + """
 [devices.zero]
 kind = "node"

@@ -77,6 +77,10 @@ class DeviceHandle(abc.ABC):
     INLINE: ClassVar[frozenset[str]] = frozenset()
     #: Every non-blocking op returns at once: in-process models (the sim) set this.
     INLINE_ALL: ClassVar[bool] = False
+    #: Blocking ops whose probe may itself take time (a library call in-process): the
+    #: handle's inline() says per call whether the probe may run on the event loop. Every
+    #: other blocking op's probe never waits, so it always may.
+    PROBE_ASK: ClassVar[frozenset[str]] = frozenset()
     #: The host's tap (record, faults) when one is installed; see bridge/tap.py.
     _tap: Any = None
 

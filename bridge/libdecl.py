@@ -23,7 +23,7 @@ DIRECTIONS = ("in", "out", "inout")
 ISOLATIONS = ("process", "none")
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_BUFFER = 4 * 1024 * 1024
-_FUNC_KEYS = {"args", "errno", "timeout"}
+_FUNC_KEYS = {"args", "errno", "timeout", "inline"}
 _ERRNO_MODES = {False: "", True: "report", "report": "report", "raise": "raise"}
 
 
@@ -135,6 +135,9 @@ class Signature:
     ctype: str = ""  # the C function pointer type, e.g. "int(*)(int, int)"
     handle_inputs: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
     handle_outputs: list[tuple[int, str]] = field(default_factory=list)  # (index, type)
+    #: Declared to return at once: with isolation = "none" it may run on the host's event
+    #: loop (bridge/loop.py); other functions of such a library run on the caller's lane.
+    inline: bool = False
 
     def __post_init__(self) -> None:
         kinds = dict(self.params)
@@ -249,9 +252,12 @@ def _signature(ffi: Any, fname: str, decl: tuple[list[tuple[str, str]], str],
     if mode == "raise" and result["k"] not in ("int", "handle", "str"):
         raise DeclarationError(f"{where}: errno = \"raise\" needs an int or pointer result")
     timeout = _seconds(opts.get("timeout", cfg.timeout), f"{where}: timeout")
+    inline = opts.get("inline", False)
+    if not isinstance(inline, bool):
+        raise DeclarationError(f"{where}: inline must be true or false")
     ctype = f"{cresult}(*)({', '.join(c for _, c in cparams) or 'void'})"
     return Signature(fname, params, result, inputs, outputs, mode, timeout, derived, None,
-                     ctype)
+                     ctype, inline=inline)
 
 
 def _param(ffi: Any, ctext: str, opts: Any, handles: Mapping[str, str],

@@ -12,6 +12,7 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +34,7 @@ log = logging.getLogger("hwbridge.library")
 # library calls take microseconds, and handing them to a thread would cost more than the
 # call itself. A slower call goes on in the background and the session's thread collects
 # it, so the loop is held up at most this long.
-INLINE_WAIT = 0.002
+INLINE_WAIT = 0.001
 MAX_TOKENS = 4096
 PARKED_TTL = 60.0  # a parked call nobody came back for is forgotten after this long
 
@@ -85,6 +86,8 @@ class LibraryHandle(DeviceHandle):
     """One connection's use of a library: its calls and its opaque-handle tokens."""
 
     kind = "library"
+    INLINE = frozenset({"functions"})
+    PROBE_ASK = frozenset({"call"})
 
     def __init__(self, spec: DeviceSpec, shared: _Shared) -> None:
         super().__init__(spec)
@@ -94,6 +97,17 @@ class LibraryHandle(DeviceHandle):
         self._tokens: dict[bytes, tuple[int, int, str]] = {}  # token -> (gen, id, type)
         self._parked: list[_Parked] = []
         self._lock = threading.Lock()
+
+    def inline(self, op: str, args: Sequence[Any]) -> bool:
+        """May this call's probe run on the host's event loop? A worker's probe waits at
+        most INLINE_WAIT, so always; an in-process call cannot be cut short, so only a
+        function the manifest declares ``inline = true``."""
+        if op != "call":
+            return op in self.INLINE
+        if not isinstance(self.runner, InProcess):
+            return True
+        sig = self.sigs.get(args[1]) if len(args) > 1 and type(args[1]) is str else None
+        return sig is not None and sig.inline
 
     @op("functions")
     def functions(self) -> list[dict[str, Any]]:

@@ -34,13 +34,14 @@ PROBE_FIRST = 0  # a blocking op: its probe never waits (a wait moves to a threa
 INSTANT = 1  # the handle says the op returns at once (DeviceHandle.INLINE, INLINE_ALL)
 ASK = 2  # the handle decides per call (DeviceHandle.inline: posix ioctls by request)
 LANE = 3  # never on the loop (a tap, or an op that may sleep)
+ASK_PROBE = 4  # a blocking op whose probe the handle allows per call (PROBE_ASK)
 
 
 def _where(handle: DeviceHandle, info: OpInfo) -> int:
     if handle._tap is not None:
         return LANE
     if info.blocking:
-        return PROBE_FIRST
+        return ASK_PROBE if info.name in handle.PROBE_ASK else PROBE_FIRST
     if handle.INLINE_ALL or info.name in handle.INLINE:
         return INSTANT
     return ASK if type(handle).inline is not DeviceHandle.inline else LANE
@@ -240,10 +241,10 @@ class Session:
         handle = entry.handle
         if where == LANE or handle.closed:
             return False
+        if (where == ASK or where == ASK_PROBE) and not handle.inline(c.op, args):
+            return False
         try:
-            if where != PROBE_FIRST:
-                if where == ASK and not handle.inline(c.op, args):
-                    return False
+            if where == INSTANT or where == ASK:
                 # The commonest arities spelled out: no args[1:] list, no star call.
                 result = fn(args[1], args[2]) if n == 3 else \
                     fn(args[1], args[2], args[3]) if n == 4 else fn(*args[1:])

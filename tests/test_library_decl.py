@@ -49,6 +49,7 @@ def test_array_parameter_is_a_fixed_size_buffer_and_errno_is_an_output() -> None
     ("int f(int a;", ["f"], {}, "cannot parse"),
     ("int f(int a);", ["f"], {"isolation": "thread"}, "isolation"),
     ("int f(int a);", {"f": {"errno": "loud"}}, {}, "errno"),
+    ("int f(int a);", {"f": {"inline": "yes"}}, {}, "inline must be true or false"),
 ])
 def test_inconsistent_declarations_are_refused(cdef: str, functions: Any, more: Any,
                                                complaint: str) -> None:

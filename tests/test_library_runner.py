@@ -297,16 +297,20 @@ def test_killing_a_call_that_is_over_spares_the_next_one(handle: LibraryHandle) 
     assert runner.generation == generation + 1
 
 
-def test_a_slow_isolated_call_does_not_hold_up_other_connections(
-        make_server: Callable[..., ServerProc], tmp_path: Path) -> None:
+@pytest.mark.parametrize("isolation", ["process", "none"])
+def test_a_slow_call_does_not_hold_up_other_connections(
+        make_server: Callable[..., ServerProc], tmp_path: Path, isolation: str) -> None:
+    """A worker's call leaves the host's event loop after its inline wait; an in-process
+    call (isolation = "none") that is not declared inline never runs on the loop."""
     (tmp_path / "slowstandin.py").write_text(SLOW_STANDIN)
-    s = make_server("""
+    s = make_server(f"""
 [devices.slow]
 kind = "library"
 sim = "library"
 standin = "slowstandin"
+isolation = "{isolation}"
 cdef = "int slow(int ms); int count(void);"
-functions = ["slow", "count"]
+functions = {{slow = {{}}, count = {{inline = true}}}}
 
 [devices.zero]
 kind = "node"
@@ -322,3 +326,4 @@ access = "r"
         assert zero.read(4) == b"\0" * 4
         assert t.is_alive()  # the other connection was served while the call went on
         t.join(10)
+        assert lib.count() == 2  # a function declared inline = true
