@@ -77,9 +77,10 @@ class Flight:
 class InProcess:
     """Runs the engine in the server process (isolation "none"): fast, and unprotected.
 
-    A call runs to its end where it is made, and the session probes calls on the host's
-    event loop: a slow function there holds up every plain connection (a crash there ends
-    the host). Slow or unsafe functions belong in an isolated worker.
+    A call runs to its end where it is made: on the connection's own thread, or on the
+    host's event loop for a function declared ``inline = true`` (LibraryHandle.inline),
+    where a slow one holds up every plain connection. A crash ends the host. Slow or
+    unsafe functions belong in an isolated worker.
     """
 
     isolated = False
