@@ -14,9 +14,11 @@ from bridge.sim.nodes import ZeroNode
 
 import bridge
 from bridge.host import Host
+from bridge.loop import WAIT_OUT
 from bridge.manifest import parse
 from bridge.protocol import NEED_DATA, Call, Connection, Error, Hello, Reply, Role
 from bridge.server import Server
+from bridge.session import Session
 
 from .conftest import ServerProc, start_server
 
@@ -168,3 +170,43 @@ def test_garbage_after_good_calls_gets_their_replies_then_an_error(
         sock.close()
     with bridge.connect(server.url) as host:
         assert host.open("zero").read(2) == bytes(2)
+
+
+def test_pushed_events_to_a_client_that_never_reads_are_bounded() -> None:
+    """A source pushes as fast as it can to a client that stops reading: the host's queue
+    for it stays bounded (the pushing thread waits), other clients are served, and when
+    the client goes the pushing thread is released and the port closed."""
+    host = Host(parse({"devices": {"src": {"kind": "serial", "sim": "source"},
+                                   "zero": {"kind": "node", "sim": "zero"}}}))
+    host.prepare()
+    server = Server(host)
+    _, port = server.listen_tcp("127.0.0.1", 0)
+    sessions: list[Session] = []
+    server.on_session = sessions.append
+    server.start()
+    sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+    conn = Connection(Role.CLIENT)
+    try:
+        sock.sendall(_frame(conn, Hello()) + _frame(conn, Call(1, "open", ["src"])))
+        assert isinstance(_next(sock, conn), Hello)
+        opened = _next(sock, conn)
+        assert isinstance(opened, Reply)
+        sock.sendall(_frame(conn, Call(2, "stream", [opened.result, True])) +
+                     _frame(conn, Call(3, "write", [opened.result, b"go", None])))  # starts it
+        with bridge.connect(f"hwbridge://127.0.0.1:{port}") as other:
+            zero = other.open("zero")
+            for _ in range(10):  # about 1 s of pushing into a full socket
+                assert zero.read(8) == bytes(8)
+                time.sleep(0.1)
+        assert server._loop is not None
+        (pushed,) = [c for c in server._loop.conns.values() if c.session is sessions[0]]
+        # WAIT_OUT (4 MiB) plus one push: a few MiB, not everything the source made
+        assert WAIT_OUT < pushed.out_bytes <= 8 << 20, pushed.out_bytes
+        src = next(iter(sessions[0].handles.values())).handle
+    finally:
+        sock.close()
+    end = time.monotonic() + 10
+    while not src.closed and time.monotonic() < end:
+        time.sleep(0.05)
+    assert src.closed, "the port of the vanished client was not closed"
+    server.shutdown()
