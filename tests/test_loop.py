@@ -3,10 +3,12 @@ on the connection's own lane, in order; a slow operation stalls no other connect
 selectors fallback (hosts without epoll) serves the same; large replies queue and drain."""
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from bridge.sim.backend import register
@@ -100,6 +102,31 @@ def test_the_posix_paths_work_on_either_poller(server: ServerProc) -> None:
         assert e.value.errno == 9  # EBADF
 
 
+@contextlib.contextmanager
+def _in_process(devices: dict[str, Any], device: str
+                ) -> Iterator[tuple[Server, int, list[Session], socket.socket, Connection, int]]:
+    """A host in this process (so tests can look inside it) and a raw client that said
+    hello and opened ``device``: (server, port, sessions, socket, connection, handle)."""
+    host = Host(parse({"devices": devices}))
+    host.prepare()
+    server = Server(host)
+    _, port = server.listen_tcp("127.0.0.1", 0)
+    sessions: list[Session] = []
+    server.on_session = sessions.append
+    server.start()
+    sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+    conn = Connection(Role.CLIENT)
+    try:
+        sock.sendall(_frame(conn, Hello()) + _frame(conn, Call(1, "open", [device])))
+        assert isinstance(_next(sock, conn), Hello)
+        opened = _next(sock, conn)
+        assert isinstance(opened, Reply)
+        yield server, port, sessions, sock, conn, opened.result
+    finally:
+        sock.close()
+        server.shutdown()
+
+
 class _Sluggish(ZeroNode):
     """/dev/zero whose ioctls take 20 ms and are not inline: they run on the lane."""
 
@@ -113,20 +140,8 @@ class _Sluggish(ZeroNode):
 def test_pipelined_calls_answer_in_order_across_loop_and_lane() -> None:
     """Once a call went to the lane, later calls of that connection queue behind it."""
     register("sluggish-zero", _Sluggish)
-    host = Host(parse({"devices": {"sluggish": {"kind": "node", "sim": "sluggish-zero",
-                                                "ioctls": ["TIOCEXCL"]}}}))
-    host.prepare()
-    server = Server(host)
-    _, port = server.listen_tcp("127.0.0.1", 0)
-    server.start()
-    sock = socket.create_connection(("127.0.0.1", port), timeout=20)
-    conn = Connection(Role.CLIENT)
-    try:
-        sock.sendall(_frame(conn, Hello()) + _frame(conn, Call(1, "open", ["sluggish"])))
-        assert isinstance(_next(sock, conn), Hello)
-        opened = _next(sock, conn)
-        assert isinstance(opened, Reply)
-        h = opened.result
+    devices = {"sluggish": {"kind": "node", "sim": "sluggish-zero", "ioctls": ["TIOCEXCL"]}}
+    with _in_process(devices, "sluggish") as (_, _, _, sock, conn, h):
         # Every 7th call is a 20 ms ioctl (the lane); the reads between them the loop runs
         # at once, unless calls wait on the lane before them: then they queue behind.
         calls = [Call(i, "ioctl", [h, "TIOCEXCL", None]) if i % 7 == 0 else
@@ -138,9 +153,6 @@ def test_pipelined_calls_answer_in_order_across_loop_and_lane() -> None:
             assert isinstance(ev, Reply), ev
             got.append(ev.id)
         assert got == [c.id for c in calls]
-    finally:
-        sock.close()
-        server.shutdown()
 
 
 def test_a_slow_operation_stalls_no_other_connection(server: ServerProc) -> None:
@@ -176,23 +188,10 @@ def test_pushed_events_to_a_client_that_never_reads_are_bounded() -> None:
     """A source pushes as fast as it can to a client that stops reading: the host's queue
     for it stays bounded (the pushing thread waits), other clients are served, and when
     the client goes the pushing thread is released and the port closed."""
-    host = Host(parse({"devices": {"src": {"kind": "serial", "sim": "source"},
-                                   "zero": {"kind": "node", "sim": "zero"}}}))
-    host.prepare()
-    server = Server(host)
-    _, port = server.listen_tcp("127.0.0.1", 0)
-    sessions: list[Session] = []
-    server.on_session = sessions.append
-    server.start()
-    sock = socket.create_connection(("127.0.0.1", port), timeout=20)
-    conn = Connection(Role.CLIENT)
-    try:
-        sock.sendall(_frame(conn, Hello()) + _frame(conn, Call(1, "open", ["src"])))
-        assert isinstance(_next(sock, conn), Hello)
-        opened = _next(sock, conn)
-        assert isinstance(opened, Reply)
-        sock.sendall(_frame(conn, Call(2, "stream", [opened.result, True])) +
-                     _frame(conn, Call(3, "write", [opened.result, b"go", None])))  # starts it
+    devices = {"src": {"kind": "serial", "sim": "source"}, "zero": {"kind": "node", "sim": "zero"}}
+    with _in_process(devices, "src") as (server, port, sessions, sock, conn, h):
+        sock.sendall(_frame(conn, Call(2, "stream", [h, True])) +
+                     _frame(conn, Call(3, "write", [h, b"go", None])))  # starts the source
         with bridge.connect(f"hwbridge://127.0.0.1:{port}") as other:
             zero = other.open("zero")
             for _ in range(10):  # about 1 s of pushing into a full socket
@@ -203,10 +202,8 @@ def test_pushed_events_to_a_client_that_never_reads_are_bounded() -> None:
         # WAIT_OUT (4 MiB) plus one push: a few MiB, not everything the source made
         assert WAIT_OUT < pushed.out_bytes <= 8 << 20, pushed.out_bytes
         src = next(iter(sessions[0].handles.values())).handle
-    finally:
         sock.close()
-    end = time.monotonic() + 10
-    while not src.closed and time.monotonic() < end:
-        time.sleep(0.05)
-    assert src.closed, "the port of the vanished client was not closed"
-    server.shutdown()
+        end = time.monotonic() + 10
+        while not src.closed and time.monotonic() < end:
+            time.sleep(0.05)
+        assert src.closed, "the port of the vanished client was not closed"
