@@ -260,10 +260,9 @@ class Session:
                     return True
             if type(result) is Opened:
                 result = _registered(handle, result)
+            self.reply(c.id, result)  # ValueError if the result exceeds the client's limit
         except Exception as e:
             self.send(Error(c.id, *self._error(e, c.op, c.args)))
-            return True
-        self.reply(c.id, result)
         return True
 
     def _call(self, c: Call) -> None:

@@ -207,3 +207,37 @@ def test_pushed_events_to_a_client_that_never_reads_are_bounded() -> None:
         while not src.closed and time.monotonic() < end:
             time.sleep(0.05)
         assert src.closed, "the port of the vanished client was not closed"
+
+
+FILL_STANDIN = '''
+def dev_fill(buf, n, value):
+    for i in range(n):
+        buf[i] = value
+    return n
+'''
+
+
+@pytest.mark.parametrize("inline", ["true", "false"])
+def test_a_result_too_large_for_a_frame_is_an_error_not_a_hang_up(
+        make_server: Any, tmp_path: Any, inline: str) -> None:
+    """On the loop (inline) or the lane, a reply over the frame limit fails that call with
+    EINVAL; the connection goes on."""
+    (tmp_path / "fillstandin.py").write_text(FILL_STANDIN)
+    s = make_server(f"""
+[server]
+max_frame = 16384
+
+[devices.fill]
+kind = "library"
+sim = "library"
+standin = "fillstandin"
+isolation = "none"
+cdef = "int dev_fill(uint8_t *buf, size_t n, uint8_t value);"
+functions = {{dev_fill = {{args = {{buf = {{dir = "out", size = "n"}}}}, inline = {inline}}}}}
+""", env={"PYTHONPATH": str(tmp_path)})
+    with bridge.connect(s.url) as host, host.open("fill") as lib:
+        assert lib.dev_fill(4, 7) == (4, b"\x07" * 4)
+        with pytest.raises(OSError) as e:
+            lib.dev_fill(20000, 7)
+        assert e.value.errno == 22 and "frame limit" in str(e.value)
+        assert lib.dev_fill(3, 1) == (3, b"\x01" * 3)
