@@ -42,6 +42,10 @@ RECV_SIZE = 64 * 1024
 SWEEP = 0.1  # seconds between deadline sweeps (deadlines are whole seconds or halves)
 PAUSE_OUT = 1 << 20  # stop reading a client while this many reply bytes wait for it
 WAIT_OUT = 4 << 20  # threads pushing events wait while this many bytes are queued
+# The loop thread itself never waits: events it causes for another connection (a write to
+# one end of a simulated UART pair, say) queue there. A client that lets this much pile
+# up is not reading at all, and is dropped.
+DROP_OUT = 64 << 20
 LANE_LINGER = 1.0  # an idle lane thread waits this long for more work before it ends
 FINAL_SEND = 2.0  # seconds a closing connection may take to send its last replies
 _CLOSE = object()  # lane sentinel: the connection ended; close its session
@@ -171,6 +175,12 @@ class _Conn:
             sent = 0
             self.out.append(rest)
             self.out_bytes += len(rest)
+        if self.out_bytes > DROP_OUT:
+            log.warning("%s: %d bytes queued and not read; closing", self.peer, self.out_bytes)
+            self.out.clear()
+            self.out_bytes = 0
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)  # the loop sees the end and cleans up
 
     def _after_write(self) -> None:
         if not self.out:
