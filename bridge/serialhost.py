@@ -82,6 +82,11 @@ class SerialHandle(NodeHandle):
     """
 
     kind = "serial"
+    # Ops that touch only the host's buffers or ask the kernel something it holds in
+    # memory: they may run on the host's event loop. configure, set_lines, modem and
+    # break_condition do not: on a USB serial adapter the driver makes a USB transfer.
+    INLINE = frozenset({"settings", "in_waiting", "out_waiting", "reset_input",
+                        "reset_output", "exclusive", "stream", "status"})
 
     def __init__(self, spec: Any, settings: LineSettings | None = None) -> None:
         super().__init__(spec)

@@ -25,6 +25,8 @@ _locks: dict[str, SimSerial] = {}  # device name -> the holder of its exclusive 
 class SimSerial(SerialHandle):
     """Base of the simulated ports: settings and lines are kept; ``receive`` is the model."""
 
+    INLINE_ALL = True  # an in-process model: nothing here waits
+
     def __init__(self, spec: DeviceSpec) -> None:
         super().__init__(spec)
         with _registry_lock:
