@@ -241,3 +241,24 @@ functions = {{dev_fill = {{args = {{buf = {{dir = "out", size = "n"}}}}, inline 
             lib.dev_fill(20000, 7)
         assert e.value.errno == 22 and "frame limit" in str(e.value)
         assert lib.dev_fill(3, 1) == (3, b"\x01" * 3)
+
+
+def test_a_peer_that_never_reads_what_the_loop_sends_it_is_dropped() -> None:
+    """Writes to one end of a simulated UART pair run on the loop, which never waits: what
+    they push to a client that never reads piles up until DROP_OUT, then that client is
+    dropped, and the writer and the host go on."""
+    devices = {"a": {"kind": "serial", "sim": "uart-pair", "peer": "b"},
+               "b": {"kind": "serial", "sim": "uart-pair", "peer": "a"}}
+    with _in_process(devices, "a") as (server, port, sessions, sock, conn, h):
+        sock.sendall(_frame(conn, Call(2, "stream", [h, True])))
+        assert isinstance(_next(sock, conn), Reply)
+        with bridge.connect(f"hwbridge://127.0.0.1:{port}") as writer:
+            b = writer.open("b")
+            chunk = bytes(1 << 20)
+            for _ in range((64 << 20) // len(chunk) + 32):  # DROP_OUT is 64 MiB
+                assert b.write(chunk) == len(chunk)
+            end = time.monotonic() + 10
+            while sessions[0].handles and time.monotonic() < end:
+                time.sleep(0.05)
+            assert not sessions[0].handles, "the client that never read was not dropped"
+            assert b.write(b"still here") == 10
