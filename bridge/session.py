@@ -35,11 +35,16 @@ INSTANT = 1  # the handle says the op returns at once (DeviceHandle.INLINE, INLI
 ASK = 2  # the handle decides per call (DeviceHandle.inline: posix ioctls by request)
 LANE = 3  # never on the loop (a tap, or an op that may sleep)
 ASK_PROBE = 4  # a blocking op whose probe the handle allows per call (PROBE_ASK)
+TAPPED = 8  # added to the above under a tap (record, faults, audit): it decides per call
 
 
 def _where(handle: DeviceHandle, info: OpInfo) -> int:
     if handle._tap is not None:
-        return LANE
+        return TAPPED | _where_untapped(handle, info)
+    return _where_untapped(handle, info)
+
+
+def _where_untapped(handle: DeviceHandle, info: OpInfo) -> int:
     if info.blocking:
         return ASK_PROBE if info.name in handle.PROBE_ASK else PROBE_FIRST
     if handle.INLINE_ALL or info.name in handle.INLINE:
@@ -241,6 +246,8 @@ class Session:
         handle = entry.handle
         if where == LANE or handle.closed:
             return False
+        if where & TAPPED:
+            return self._call_tapped(c, handle, info, where & ~TAPPED)
         if (where == ASK or where == ASK_PROBE) and not handle.inline(c.op, args):
             return False
         try:
@@ -261,6 +268,31 @@ class Session:
             if type(result) is Opened:
                 result = _registered(handle, result)
             self.reply(c.id, result)  # ValueError if the result exceeds the client's limit
+        except Exception as e:
+            self.send(Error(c.id, *self._error(e, c.op, c.args)))
+        return True
+
+    def _call_tapped(self, c: Call, handle: DeviceHandle, info: OpInfo, where: int) -> bool:
+        """call_inline through the handle's tap (record, faults, audit), on the event loop
+        unless the tap may sleep now; False, having done nothing, otherwise."""
+        args = c.args
+        if where == LANE or handle._tap.may_wait(handle):
+            return False
+        if (where == ASK or where == ASK_PROBE) and not handle.inline(c.op, args):
+            return False
+        try:
+            if where == INSTANT or where == ASK:
+                result = _invoke(handle, info, args[1:], None)
+            else:
+                t = args[-1] if len(args) > 1 else 0
+                if not (t is None or (type(t) is float or type(t) is int) and t > 0):
+                    return False  # a timeout of 0 or a bad one: the general path
+                try:
+                    result = _invoke(handle, info, args[1:-1], PROBE)
+                except WouldBlock:
+                    self._wait_on_thread(c, handle, info, args[1:-1], t)
+                    return True
+            self.reply(c.id, result)
         except Exception as e:
             self.send(Error(c.id, *self._error(e, c.op, c.args)))
         return True

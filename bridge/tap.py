@@ -35,6 +35,11 @@ class Tap:
         """Run operation ``info.name`` of ``handle``; ``run(args, deadline)`` does it."""
         return run(args, deadline)
 
+    def may_wait(self, handle: DeviceHandle) -> bool:
+        """True if ``call`` may sleep for ``handle`` now (a fault's latency): the host then
+        runs the operation on the connection's own thread instead of its event loop."""
+        return False
+
 
 class Chain(Tap):
     """``outer`` sees what ``inner`` did: Chain(recorder, faults) records injected faults."""
@@ -53,6 +58,9 @@ class Chain(Tap):
             return self.inner.call(handle, info, a, d, run)
 
         return self.outer.call(handle, info, args, deadline, inner)
+
+    def may_wait(self, handle: DeviceHandle) -> bool:
+        return self.outer.may_wait(handle) or self.inner.may_wait(handle)
 
 
 def chain(*taps: Tap | None) -> Tap | None:

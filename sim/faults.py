@@ -164,6 +164,11 @@ class Faults(Tap):
         handle._fault_gen = st.generation  # type: ignore[attr-defined]
         return handle
 
+    def may_wait(self, handle: DeviceHandle) -> bool:
+        """A device with fault rules (from the manifest or added at run time) may get
+        latency: its operations leave the host's event loop."""
+        return handle.spec.name in self._states
+
     def call(self, handle: DeviceHandle, info: OpInfo, args: Sequence[Any],
              deadline: Deadline | None, run: Run) -> Any:
         st = self._states.get(handle.spec.name)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -158,15 +159,19 @@ def test_pipelined_calls_answer_in_order_across_loop_and_lane() -> None:
 def test_a_slow_operation_stalls_no_other_connection(server: ServerProc) -> None:
     with bridge.connect(server.url) as a, bridge.connect(server.url) as b:
         slow = a.call("open", ["slow"])
+        order: list[str] = []
         pending = a.submit("write", [slow, b"x", None])  # 5 s of fault latency
+        waiter = threading.Thread(target=lambda: (a.result(pending), order.append("slow")))
+        waiter.start()
         z = b.open("zero")
         n = b.open("null")
         for _ in range(100):
             assert z.read(4) == bytes(4)
             assert n.write(b"ok") == 2
         assert b.devices()  # a lane call of the other connection too
-        assert not pending.done, "the slow write finished first: the test proves nothing"
-        assert a.result(pending) == 1
+        order.append("others")
+        waiter.join(20)
+        assert order == ["others", "slow"]
 
 
 def test_garbage_after_good_calls_gets_their_replies_then_an_error(
