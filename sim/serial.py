@@ -25,7 +25,11 @@ _locks: dict[str, SimSerial] = {}  # device name -> the holder of its exclusive 
 class SimSerial(SerialHandle):
     """Base of the simulated ports: settings and lines are kept; ``receive`` is the model."""
 
-    INLINE_ALL = True  # an in-process model: nothing here waits
+    # An in-process model: nothing here waits, except for _stream_lock, which a push holds
+    # while it waits for the event loop to drain the client's output (back-pressure). So
+    # the ops that take that lock (stream, reset_input, in_waiting) stay off the loop.
+    INLINE = frozenset({"settings", "configure", "set_lines", "modem", "break_condition",
+                        "reset_output", "out_waiting", "exclusive", "status"})
 
     def __init__(self, spec: DeviceSpec) -> None:
         super().__init__(spec)
