@@ -13,6 +13,12 @@
 # that is exactly one frame is decoded in place (Connection.reply_result), and anything
 # else turns the call into an ordinary one. Holding the read side, a call never waits for
 # the send lock or a full socket buffer (a host blocked on our reading would deadlock).
+#
+# Pushed events (serial data, GPIO edges) are read by whoever holds the read side. Once a
+# handler exists, a background reader waits for the socket to become readable WITHOUT
+# holding the read side (so calls keep their fast path) and reads only then. A thread that
+# waits for pushed data can read it itself (pull_events): while it does, the background
+# reader stays aside, so a stream arrives on the thread that consumes it, with no hand-off.
 from __future__ import annotations
 
 import contextlib
@@ -21,13 +27,16 @@ import importlib
 import itertools
 import logging
 import queue
+import select
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .batch import BatchContext, Deferred
+from .messages import unpack_header
 from .protocol import (
     BULK_DIRECT,
     MISS,
@@ -49,6 +58,11 @@ if TYPE_CHECKING:
     from .leaseclient import Lease
 
 RECV_SIZE = 64 * 1024
+_POLL = hasattr(select, "poll")  # no FD_SETSIZE limit; select.select where it is missing
+#: Seconds the background reader stays aside after a thread pulled events (pull_events):
+#: the time an application may take between two reads of a stream and still receive it
+#: on its own thread. Events for other handlers wait at most this long meanwhile.
+PULL_LINGER = 0.002
 
 EventHandler = Callable[[Event], None]
 
@@ -84,7 +98,15 @@ class Client:
         self._recv_lock = threading.Lock()
         self._cv = threading.Condition(threading.Lock())
         self._sleepers = 0  # followers waiting on _cv; notify only when there are some
-        self._bulk = 0  # requests in flight whose reply may be large (see call(bulk=))
+        # Requests for exact-size receives: bulk calls in flight and exact_receives(True).
+        # Changed only under _count_lock; read without it (a stale value changes how bytes
+        # are received for one recv, never what is received).
+        self._bulk = 0
+        self._count_lock = threading.Lock()
+        # Until this time.monotonic() value the background reader stays aside (waiting on
+        # _aside), because a thread pulls pushed events itself (see pull_events).
+        self._pull_until = 0.0
+        self._aside = threading.Condition(threading.Lock())
         self._pending: dict[int, Pending] = {}
         self._ids = itertools.count(1)  # next() is atomic: no lock to number a request
         self._broken: BaseException | None = None
@@ -92,8 +114,12 @@ class Client:
         self._view = memoryview(self._buf)
         # A call sends as the socket's only reader only where a send can be tried without
         # blocking (see call()): plain sockets on platforms with MSG_DONTWAIT; not TLS.
+        self._tls = isinstance(sock, ssl.SSLSocket)
         self._dontwait: int = getattr(socket, "MSG_DONTWAIT", 0) \
-            if isinstance(sock, socket.socket) and not isinstance(sock, ssl.SSLSocket) else 0
+            if isinstance(sock, socket.socket) and not self._tls else 0
+        # Exact-size receives wait for all the bytes where the socket can (TLS takes no
+        # flags); a shorter receive is fine anyway: the Connection keeps the partial piece.
+        self._waitall: int = 0 if self._tls else getattr(socket, "MSG_WAITALL", 0)
         self._local = threading.local()
         # Set once any batch (so any Deferred) existed: until then a call skips looking
         # for batches and Deferred arguments.
@@ -190,6 +216,64 @@ class Client:
         self._handlers = [h for h in self._handlers if h[2] is not handler]
         self._direct = [h for h in self._direct if h[2] is not handler]
 
+    def exact_receives(self, on: bool) -> None:
+        """Ask for frames to be received piece by piece at their exact size (True), or
+        withdraw one such request (False); requests are counted, so users do not clash.
+
+        While any request stands, a large data section (of a reply or a pushed event)
+        arrives from one receive as the very bytes object the message carries: no copy on
+        the client. Each frame then costs a receive or two more, so ask only while large
+        frames are expected (a port streaming large pushes; bulk calls ask on their own).
+        """
+        with self._count_lock:
+            if not on and self._bulk <= 0:
+                raise ValueError("exact receives were not requested")
+            self._bulk += 1 if on else -1
+
+    def pull_events(self, timeout: float = 0.0) -> bool:
+        """Read pushed events on the calling thread, for a thread that waits for them.
+
+        Takes the read side (waiting up to ``timeout`` seconds for a thread that holds
+        it), waits up to ``timeout`` for bytes and receives them here, delivering what
+        they complete to the direct handlers: True. False when the read side stayed busy,
+        nothing came, or the connection is broken: the caller then waits for its
+        handler's signal as it would without pulling, and the background reader reads.
+
+        While a thread pulls, and for PULL_LINGER seconds after its last pull, the
+        background reader stays aside, so a stream keeps arriving on the thread that
+        consumes it, with no hand-off between threads. :meth:`end_pull` ends that at once.
+        Hold no lock a direct handler takes while calling this.
+        """
+        self._pull_until = time.monotonic() + PULL_LINGER  # the reader steps aside
+        lock = self._recv_lock
+        if lock.acquire(False):
+            wait = timeout
+        elif timeout > 0 and lock.acquire(True, timeout):
+            wait = 0.0  # waited already; whoever held it may have taken the bytes
+        else:
+            self.end_pull()
+            return False
+        try:
+            if self._broken is None and self._readable(wait):
+                self._pump()
+                return True
+        except (OSError, ProtocolError, ValueError):
+            pass  # _pump failed every waiting call; the caller's wait ends as it would
+        finally:
+            lock.release()
+            if self._sleepers:
+                self._wake()
+        self.end_pull()
+        return False
+
+    def end_pull(self) -> None:
+        """The calling thread stopped waiting for pushed events: the background reader
+        reads them again now (see :meth:`pull_events`)."""
+        if self._pull_until:
+            self._pull_until = 0.0
+            with self._aside:
+                self._aside.notify_all()
+
     def call(self, op: str, args: Sequence[Any],
              transform: Callable[[Any], Any] | None = None, bulk: bool = False) -> Any:
         """One remote operation; inside a batch, returns a :class:`Deferred` instead.
@@ -271,12 +355,12 @@ class Client:
         without blocking (TLS, Windows)."""
         p = self._pending[rid] = Pending(rid, transform)
         if bulk:
-            self._bulk += 1
+            self.exact_receives(True)
             try:
                 self._send_call(rid, op, args)
                 return self._wait(p)
             finally:
-                self._bulk -= 1
+                self.exact_receives(False)
         self._send_call(rid, op, args)
         return self._wait(p)
 
@@ -333,7 +417,7 @@ class Client:
         wired = [self._wire(a) for a in args]
         p = self._start(lambda rid: Call(rid, op, wired), transform)
         if bulk:
-            self._bulk += 1
+            self.exact_receives(True)
             p.bulk = True
         return p
 
@@ -344,7 +428,7 @@ class Client:
         finally:
             if p.bulk:
                 p.bulk = False
-                self._bulk -= 1
+                self.exact_receives(False)
 
     def close(self) -> None:
         """Close the connection; the host closes every handle it opened."""
@@ -355,6 +439,8 @@ class Client:
             self._sock.shutdown(socket.SHUT_RDWR)
         self._sock.close()
         self._events.put(None)
+        with self._aside:
+            self._aside.notify_all()
         self._fail_all(ConnectionAbortedError(_errno.ECONNABORTED, "connection closed"))
 
     def __enter__(self) -> Client:
@@ -459,9 +545,12 @@ class Client:
             chunk: bytes | bytearray
             rest = self._conn.data_wanted()
             if rest >= BULK_DIRECT:  # the rest of a large data section, straight into one object
-                chunk = self._sock.recv(rest, socket.MSG_WAITALL)
+                chunk = self._sock.recv(rest, self._waitall)
             elif self._bulk:
-                chunk = self._sock.recv(self._conn.want(), socket.MSG_WAITALL)
+                if not self._conn.buffered():
+                    self._pump_frame()
+                    return
+                chunk = self._sock.recv(self._conn.want(), self._waitall)
             else:
                 n = self._sock.recv_into(self._buf)
                 chunk = self._buf[:n] if n else b""
@@ -469,6 +558,44 @@ class Client:
             self._fail_all(e)
             raise
         self._feed(chunk)
+
+    def _pump_frame(self) -> None:
+        """Receive one whole frame in exact pieces (exact receives, between frames): its
+        header, then its body (with its data section if that is small), then a large data
+        section on its own, which the message then carries as received. One pass instead
+        of one per piece."""
+        sock, conn = self._sock, self._conn
+        try:
+            head = sock.recv(8, self._waitall)
+            if len(head) == 8:
+                body_len, data_len = unpack_header(head, 0)
+                n = body_len if data_len >= BULK_DIRECT else body_len + data_len
+                if n and body_len + data_len <= conn.max_frame:  # else _feed reports it
+                    head += sock.recv(n, self._waitall)
+        except OSError as e:
+            self._fail_all(e)
+            raise
+        self._feed(head)
+        rest = conn.data_wanted()
+        if rest:
+            try:
+                chunk = sock.recv(rest, self._waitall)
+            except OSError as e:
+                self._fail_all(e)
+                raise
+            self._feed(chunk)
+
+    def _readable(self, timeout: float | None) -> bool:
+        """Whether bytes wait to be received, waiting up to ``timeout`` (None: forever)."""
+        sock = self._sock
+        if self._tls and sock.pending():  # type: ignore[attr-defined]
+            return True  # decrypted already: the socket itself may show nothing
+        if _POLL:
+            p = select.poll()
+            p.register(sock, select.POLLIN)
+            return bool(p.poll(None if timeout is None else timeout * 1000.0))
+        return bool(select.select([sock], [], [], timeout)[0])
+
 
     def _feed(self, chunk: bytes | bytearray) -> None:
         """Deliver every complete message ``chunk`` completes (leader only); b"" is the end
@@ -545,14 +672,36 @@ class Client:
             self._cv.notify_all()
 
     def _event_reader(self) -> None:
-        """Keeps reading while event handlers exist, so pushed events arrive with no call."""
+        """Keeps reading while event handlers exist, so pushed events arrive with no call.
+
+        It waits for bytes without holding the read side, takes it only to receive them,
+        and stays aside while a thread pulls (see pull_events)."""
+        aside = self._aside
+        monotonic = time.monotonic
         while not self.closed and self._broken is None:
+            left = self._pull_until - monotonic()
+            if left > 0:
+                with aside:
+                    aside.wait(left)
+                continue
+            try:
+                if not self._readable(None):
+                    continue
+            except (OSError, ValueError):  # closed meanwhile
+                break
+            failed = False
             with self._recv_lock:
+                # Another thread may have taken the bytes meanwhile, or started pulling:
+                # never block in a receive here with nothing to receive.
                 try:
-                    self._pump()
+                    if self._pull_until <= monotonic() and self._broken is None \
+                            and self._readable(0):
+                        self._pump()
                 except Exception:
-                    break
+                    failed = True
             self._wake()
+            if failed:
+                break
         self._events.put(None)
 
     def _event_dispatcher(self) -> None:

@@ -79,6 +79,12 @@ class SerialHandle(NodeHandle):
     client as "serial.data" events instead, so reading costs the client no round trip; the
     running total of pushed bytes lets the client discard what was in flight when it reset
     its input buffer. The ``read`` operation of a node still works on the buffer.
+
+    Pushes are ordered by ``_stream_lock``, which a push holds while the connection may
+    make it wait for a slow client to read (back-pressure). The operations run on the
+    host's event loop, which is what drains that output, so none of them waits for that
+    lock: ``stream(True)`` pushes the held bytes only if it gets the lock at once, and
+    otherwise the push holding it does so when it is done (see _push_held).
     """
 
     kind = "serial"
@@ -147,16 +153,38 @@ class SerialHandle(NodeHandle):
             return
         with self._stream_lock:
             if self._streaming:
+                if self._rx:  # held bytes a stream(True) could not push: they go first
+                    self._push_held_locked()
                 self._pushed += len(data)
                 self.emit("serial.data", bytes(data))
-                return
-            with self._rx_cv:
-                room = RX_LIMIT - len(self._rx)
-                if len(data) > room:
-                    self.overflow += len(data) - room
-                    data = data[:room]
-                self._rx += data
-                self._rx_cv.notify_all()
+            else:
+                with self._rx_cv:
+                    room = RX_LIMIT - len(self._rx)
+                    if len(data) > room:
+                        self.overflow += len(data) - room
+                        data = data[:room]
+                    self._rx += data
+                    self._rx_cv.notify_all()
+        if self._streaming and self._rx:  # turned on while this held the lock
+            self._push_held()
+
+    def _push_held(self) -> None:
+        """Push the held bytes if streaming, unless another push holds the lock: that
+        one checks again once it releases it (feed), so the bytes never stay behind."""
+        while self._streaming and self._rx and self._stream_lock.acquire(False):
+            try:
+                if self._streaming:
+                    self._push_held_locked()
+            finally:
+                self._stream_lock.release()
+
+    def _push_held_locked(self) -> None:
+        with self._rx_cv:
+            held = bytes(self._rx)
+            self._rx.clear()
+        if held:
+            self._pushed += len(held)
+            self.emit("serial.data", held)
 
     def take(self, n: int) -> bytes:
         """Up to ``n`` buffered bytes, without waiting (used by local exporters)."""
@@ -249,12 +277,12 @@ class SerialHandle(NodeHandle):
     @op("reset_input", Access.READ)
     def reset_input(self) -> int:
         """Drop buffered input; returns the count of bytes pushed so far, so the client can
-        drop what was already on its way."""
-        with self._stream_lock:
-            self.discard_input()
-            with self._rx_cv:
-                self._rx.clear()
-            return self._pushed
+        drop what was already on its way (it counts bytes, so a push racing this call is
+        dropped or kept whole, by the count, whichever arrives first)."""
+        self.discard_input()
+        with self._rx_cv:
+            self._rx.clear()
+        return self._pushed
 
     @op("reset_output", Access.WRITE)
     def reset_output(self) -> None:
@@ -263,7 +291,7 @@ class SerialHandle(NodeHandle):
     @op("in_waiting", Access.READ)
     def in_waiting(self) -> list[int]:
         """[bytes pushed so far, bytes buffered on the host]."""
-        with self._stream_lock, self._rx_cv:
+        with self._rx_cv:
             return [self._pushed, len(self._rx)]
 
     @op("out_waiting")
@@ -290,19 +318,14 @@ class SerialHandle(NodeHandle):
     def stream(self, on: bool) -> int:
         """Push input as events (True) or buffer it (False); returns bytes pushed so far.
 
-        Turning it on first pushes what the buffer already holds, in order."""
+        Turning it on first pushes what the buffer already holds, in order. Turning it off
+        lets a push already under way finish: the client keeps what is in flight."""
         if type(on) is not bool:
             raise TypeError("stream takes true or false")
-        with self._stream_lock:
-            self._streaming = on
-            if on:
-                with self._rx_cv:
-                    held = bytes(self._rx)
-                    self._rx.clear()
-                if held:
-                    self._pushed += len(held)
-                    self.emit("serial.data", held)
-            return self._pushed
+        self._streaming = on
+        if on:
+            self._push_held()
+        return self._pushed
 
     @op("status")
     def status(self) -> dict[str, Any]:

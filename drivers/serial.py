@@ -3,8 +3,27 @@
 # into a local buffer: read(), readline() and read_until() cost no round trip when the data
 # is already here. Settings, lines, break, flush and write are one remote operation each.
 # Client side, pure Python (imports on Windows). Must not know about sockets or termios.
+#
+# Who receives the pushes: a read that waits for data receives them itself on its own
+# thread (Client.pull_events), so a stream flows to its consumer with no hand-off between
+# threads; when no read has waited for a moment (bridge.client.PULL_LINGER), the client's
+# background reader does, into the buffer.
+#
+# Flow control: the buffer is bounded. When it holds the high-water mark (RX_HIGH, or
+# set_buffer_size(rx_size)) and no read waits, the port asks the host to stop pushing
+# (its "stream" operation, sent from a short-lived thread: the thread that receives must
+# never wait for the host); once reads bring it down to a quarter of that, or a read waits
+# for more than is here, the port asks it to push again. Nothing is lost or repeated on
+# the way: what was in flight when the host stopped is kept, and the host holds what the
+# device sends meanwhile and pushes it first when asked again, in order. The client holds
+# at most the mark plus what was in flight (the host's output queue, a few MiB); the host
+# holds up to its own limit (bridge.serialhost.RX_LIMIT, 1 MiB) and counts anything beyond
+# in status()["overflow"], as a UART loses bytes nobody reads. A read that waits with no
+# size limit (readline() on a stream with no line ends) keeps the stream on: it needs the
+# data, as a local pyserial port would.
 from __future__ import annotations
 
+import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +40,11 @@ WRITE_CHUNK = 1 << 20
 CATCH_UP = 5.0  # seconds in_waiting waits for pushed data already on its way
 #: Pushes at least this large switch the connection to exact-size receives (see _exact).
 EXACT_MIN = 64 * 1024  # bridge.protocol.BULK_DIRECT: below it, data sections are copied anyway
+#: Buffered bytes at which the port asks the host to pause its pushes (flow control).
+RX_HIGH = 4 << 20
+#: Seconds a waiting read waits for bytes on the socket itself before it leaves the
+#: socket to the background reader and sleeps (a cancel_read() takes at most this long).
+PULL_WAIT = 0.005
 
 __all__ = ["PortNotOpenError", "RemoteSerialBase", "Serial", "SerialException",
            "SerialTimeoutException", "URLSerial"]
@@ -54,6 +78,12 @@ class RemoteSerialBase(serial.SerialBase):  # type: ignore[misc]
         self._cancel = False
         self._exact = False
         self._detached = False
+        self._readers = 0  # reads waiting for data
+        self._rx_high = RX_HIGH
+        self._stream_on = True  # what the port wants the host to do (see _want_stream)
+        self._stream_sent = True  # what the host was last told
+        self._flow_busy = False  # a flow thread is telling it
+        self._pauses = 0  # times the port asked the host to stop (for tests and status)
         self._handler = self._on_data
         client.on_event(self._handler, "serial.data", direct=True)
         try:
@@ -107,21 +137,72 @@ class RemoteSerialBase(serial.SerialBase):  # type: ignore[misc]
             if data:
                 self._rx.append(data)
                 self._rx_cv.notify_all()
+                if len(self._rx) >= self._rx_high and not self._readers and self._stream_on:
+                    self._want_stream(False)
 
     def _set_exact(self, client: Client, on: bool) -> None:
         """Have the connection receive frames piece by piece at their exact size (on) or
         in large reads (off); called with ``_rx_cv`` held.
 
         While a port streams large pushes, each push's data section then arrives from one
-        recv(size, MSG_WAITALL) as the bytes object this buffer keeps and read() returns:
-        no copy on the client at all. The client offers this for bulk replies through its
-        ``_bulk`` count (see Client.call(bulk=True)); pushes of a slow line (small events)
-        switch it back off, so a port that trickles never costs other calls a recv more.
-        The count is not locked by the client: a lost update can only leave exact receives
-        on (or off), which changes how fast frames are received, never what is received.
+        receive as the bytes object this buffer keeps and read() returns: no copy on the
+        client at all. Pushes of a slow line (small events) switch it back off, so a port
+        that trickles never costs other calls a receive more.
         """
-        client._bulk += 1 if on else -1
+        client.exact_receives(on)
         self._exact = on
+
+    # -- flow control (see the module comment) --------------------------------------------
+
+    def _want_stream(self, on: bool) -> None:
+        """Ask the host to push (True) or to hold input (False); called with ``_rx_cv``
+        held, possibly on the thread that receives, so the request is sent by a thread of
+        its own, which also sends any change made meanwhile, in order."""
+        self._stream_on = on
+        if not on:
+            self._pauses += 1
+        if not self._flow_busy and on is not self._stream_sent:
+            self._flow_busy = True
+            threading.Thread(target=self._flow, daemon=True,
+                             name=f"hwbridge-flow-{self._device}").start()
+
+    def _flow(self) -> None:
+        client = self.client
+        while True:
+            with self._rx_cv:
+                on = self._stream_on
+                if on is self._stream_sent or self._detached or client is None:
+                    self._flow_busy = False
+                    return
+            try:
+                client.call("stream", [self._hid, on])
+            except Exception as e:  # the port or the connection closed meanwhile
+                logging.getLogger("hwbridge.serial").debug("%s: stream %s: %s",
+                                                           self._device, on, e)
+                with self._rx_cv:
+                    self._flow_busy = False
+                return
+            with self._rx_cv:
+                self._stream_sent = on
+
+    def _after_take(self) -> None:
+        """Resume the stream once reads brought the buffer down (``_rx_cv`` held)."""
+        if not self._stream_on and len(self._rx) <= self._rx_high // 4 and not self._detached:
+            self._want_stream(True)
+
+    def set_buffer_size(self, rx_size: int = 4096, tx_size: int | None = None) -> None:
+        """As pyserial's (Windows): ``rx_size`` bytes buffered here make the host pause
+        its pushes until reads take the buffer down to a quarter of it (flow control, see
+        the module comment). ``tx_size`` is accepted and ignored: writes go straight to
+        the host."""
+        if type(rx_size) is not int or rx_size <= 0:
+            raise ValueError(f"rx_size must be a positive integer, not {rx_size!r}")
+        with self._rx_cv:
+            self._rx_high = rx_size
+            if len(self._rx) >= rx_size and not self._readers and self._stream_on:
+                self._want_stream(False)
+            else:
+                self._after_take()
 
     def _call(self, op: str, *args: Any) -> Any:
         if not self.is_open or self.client is None:
@@ -191,30 +272,54 @@ class RemoteSerialBase(serial.SerialBase):  # type: ignore[misc]
         return self.read_until(serial.LF, None if size is None or size < 0 else size)
 
     def _wait_and_take(self, done: Any, cap: int | None) -> bytes:
-        timeout = Timeout(self._timeout)
         with self._rx_cv:
-            seen = len(self._rx)
-            gap: Timeout | None = None
-            while True:
-                n = done(self._rx)
-                if n >= 0:
-                    break
-                if self._cancel or not self.is_open or timeout.expired():
-                    n = len(self._rx) if cap is None else min(cap, len(self._rx))
-                    break
-                if gap is not None and gap.expired():
-                    n = len(self._rx) if cap is None else min(cap, len(self._rx))
-                    break
-                wait = timeout.time_left()
-                if gap is not None:
-                    left = gap.time_left()
-                    wait = left if wait is None else min(wait, left)
-                self._rx_cv.wait(wait)
-                if len(self._rx) > seen and self._inter_byte_timeout is not None:
-                    gap = Timeout(self._inter_byte_timeout)
-                seen = len(self._rx)
+            self._readers += 1
+            try:
+                n = self._wait_for(done, cap)
+            finally:
+                self._readers -= 1
             self._cancel = False
-            return self._rx.take(n)
+            data = self._rx.take(n)
+            self._after_take()
+            return data
+
+    def _wait_for(self, done: Any, cap: int | None) -> int:
+        """Wait (``_rx_cv`` held) until ``done(buffer)`` gives the count of bytes to take,
+        or the timeout, the inter-byte gap or a cancel ends the wait; returns the count."""
+        timeout = Timeout(self._timeout)
+        client = self.client
+        cv = self._rx_cv
+        seen = len(self._rx)
+        gap: Timeout | None = None
+        pulled = pull = False
+        while True:
+            n: int = done(self._rx)
+            if n >= 0:
+                return n
+            if self._cancel or not self.is_open or timeout.expired() or \
+                    (gap is not None and gap.expired()):
+                return len(self._rx) if cap is None else min(cap, len(self._rx))
+            if not self._stream_on:
+                self._want_stream(True)  # a read waits for more than is here
+            # Pull while pulling brings bytes; after a pull that did not, sleep once
+            # (woken by whoever delivers, or a cancel), then try pulling again.
+            pull = pulled or not pull
+            if pull and client is not None:
+                # Receive the pushes on this thread (see the module comment), without
+                # the lock, so that whoever receives can deliver to any port. Then
+                # check again before sleeping: a cancel or data may have come meanwhile.
+                wait = _left(timeout, gap)
+                cv.release()
+                try:
+                    pulled = client.pull_events(
+                        PULL_WAIT if wait is None else min(wait, PULL_WAIT))
+                finally:
+                    cv.acquire()
+            else:
+                cv.wait(_left(timeout, gap))
+            if len(self._rx) > seen and self._inter_byte_timeout is not None:
+                gap = Timeout(self._inter_byte_timeout)
+            seen = len(self._rx)
 
     def cancel_read(self) -> None:
         """Make a read waiting in another thread return now with what it has."""
@@ -228,6 +333,7 @@ class RemoteSerialBase(serial.SerialBase):  # type: ignore[misc]
         with self._rx_cv:
             self._rx.clear()
             self._discard_until = max(self._discard_until, int(pushed))
+            self._after_take()
 
     # -- writing --------------------------------------------------------------------------
 
@@ -313,6 +419,15 @@ class RemoteSerialBase(serial.SerialBase):  # type: ignore[misc]
         """Host-side counters: bytes buffered, lost to a full buffer, pushed."""
         result: dict[str, Any] = self._call("status")
         return result
+
+
+def _left(timeout: Timeout, gap: Timeout | None) -> float | None:
+    """Seconds until the read's deadline or the end of its inter-byte gap (None: none)."""
+    wait: float | None = timeout.time_left()
+    if gap is not None:
+        left = gap.time_left()
+        wait = left if wait is None else min(wait, left)
+    return wait
 
 
 class Serial(RemoteSerialBase):
