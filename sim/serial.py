@@ -300,7 +300,8 @@ def dialog_model(description: Mapping[str, Any]) -> Any:
 
 
 class Source(SimSerial):
-    """A port that sends a repeating pattern as fast as its reader takes it (benchmarks).
+    """A port that sends a repeating pattern as fast as its reader takes it (benchmarks),
+    or at ``rate`` bytes per second (manifest option), as a line does.
 
     It starts when it receives its first byte, and never overfills the host buffer. Each
     delivery is ``chunk`` bytes (manifest option, a multiple of 256; default 256 KiB), as a
@@ -311,6 +312,10 @@ class Source(SimSerial):
         if type(size) is not int or not 0 < size <= RX_LIMIT or size % 256:
             raise ValueError(f"{spec.name}: chunk must be a multiple of 256 up to 1 MiB")
         self.chunk = bytes(range(256)) * (size // 256)
+        rate = spec.options.get("rate")
+        if rate is not None and (type(rate) not in (int, float) or not rate > 0):
+            raise ValueError(f"{spec.name}: rate must be a positive number of bytes per second")
+        self.period = 0.0 if rate is None else len(self.chunk) / rate  # seconds per chunk
         super().__init__(spec)
         self._go = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True,
@@ -334,6 +339,9 @@ class Source(SimSerial):
                     self.feed(self.chunk)
                 else:
                     self.pause(0.001)
+                    continue
+            if self.period:
+                self.pause(self.period)
 
 
 def _inline_dialog(spec: DeviceSpec) -> DialogInstrument:
