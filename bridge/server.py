@@ -395,6 +395,10 @@ class Server:
 
 
 def _sendall_vec(sock: socket.socket, bufs: list[bytes | memoryview]) -> None:
+    if isinstance(sock, ssl.SSLSocket):  # no sendmsg() on TLS: one record write each
+        for b in bufs:
+            sock.sendall(b)
+        return
     views = [memoryview(b).cast("B") for b in bufs]
     while views:
         sent = sock.sendmsg(views)
