@@ -41,7 +41,7 @@ CATCH_UP = 5.0  # seconds in_waiting waits for pushed data already on its way
 #: Pushes at least this large switch the connection to exact-size receives (see _exact).
 EXACT_MIN = 64 * 1024  # bridge.protocol.BULK_DIRECT: below it, data sections are copied anyway
 #: Buffered bytes at which the port asks the host to pause its pushes (flow control).
-RX_HIGH = 4 << 20
+RX_HIGH = 16 << 20
 #: Seconds a waiting read waits for bytes on the socket itself before it leaves the
 #: socket to the background reader and sleeps (a cancel_read() takes at most this long).
 PULL_WAIT = 0.005
