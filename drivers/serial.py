@@ -16,7 +16,9 @@
 # for more than is here, the port asks it to push again. Nothing is lost or repeated on
 # the way: what was in flight when the host stopped is kept, and the host holds what the
 # device sends meanwhile and pushes it first when asked again, in order. The client holds
-# at most the mark plus what was in flight (the host's output queue, a few MiB); the host
+# at most the mark plus what was in flight: what the host pushed before it read the pause,
+# a round trip's worth for a real line (a source faster than the client can read keeps the
+# host's output queue full, and the host reads requests only as that drains, so more); the host
 # holds up to its own limit (bridge.serialhost.RX_LIMIT, 1 MiB) and counts anything beyond
 # in status()["overflow"], as a UART loses bytes nobody reads. A read that waits with no
 # size limit (readline() on a stream with no line ends) keeps the stream on: it needs the
