@@ -40,8 +40,12 @@ log = logging.getLogger("hwbridge.server")
 
 RECV_SIZE = 64 * 1024
 SWEEP = 0.1  # seconds between deadline sweeps (deadlines are whole seconds or halves)
-PAUSE_OUT = 1 << 20  # stop reading a client while this many reply bytes wait for it
 WAIT_OUT = 4 << 20  # threads pushing events wait while this many bytes are queued
+# Stop reading a client's requests while this much output waits for it. Above what pushes
+# alone queue (WAIT_OUT and one push), so a client that streams still has its requests
+# read (stream(False) among them); a client that sends requests without reading the
+# replies stops being read here.
+PAUSE_OUT = 2 * WAIT_OUT
 # The loop thread itself never waits: events it causes for another connection (a write to
 # one end of a simulated UART pair, say) queue there. A client that lets this much pile
 # up is not reading at all, and is dropped.
