@@ -52,11 +52,6 @@ def _speed(baudrate: int) -> int | None:
 class PosixSerial(SerialHandle):
     """A real tty (or pty) on the host."""
 
-    # Ops that ask the kernel only what it holds in memory and take no lock a push holds
-    # while it waits for the event loop (stream, reset_input and in_waiting take
-    # _stream_lock): they may run on the loop.
-    INLINE = frozenset({"settings", "out_waiting", "reset_output", "exclusive", "status"})
-
     def __init__(self, spec: DeviceSpec, fd: int) -> None:
         self.fd = fd
         super().__init__(spec, _current(fd).changed(_line_options(spec)))

@@ -25,11 +25,9 @@ _locks: dict[str, SimSerial] = {}  # device name -> the holder of its exclusive 
 class SimSerial(SerialHandle):
     """Base of the simulated ports: settings and lines are kept; ``receive`` is the model."""
 
-    # An in-process model: nothing here waits, except for _stream_lock, which a push holds
-    # while it waits for the event loop to drain the client's output (back-pressure). So
-    # the ops that take that lock (stream, reset_input, in_waiting) stay off the loop.
-    INLINE = frozenset({"settings", "configure", "set_lines", "modem", "break_condition",
-                        "reset_output", "out_waiting", "exclusive", "status"})
+    # An in-process model: nothing here waits (no op waits for the push lock either; see
+    # SerialHandle), so every op may run on the host's event loop.
+    INLINE_ALL = True
 
     def __init__(self, spec: DeviceSpec) -> None:
         super().__init__(spec)
