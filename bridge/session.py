@@ -299,32 +299,10 @@ class Session:
 
     def _call(self, c: Call) -> None:
         try:
-            # Fast path: an allowed op on an open handle, no tap, done without waiting.
-            # The commonest arities are spelled out so that no args[1:] list is built.
-            args = c.args
-            n = len(args)
-            entry = self.handles.get(args[0]) if n and type(args[0]) is int else None
-            bound = entry.ops.get(c.op) if entry is not None else None
-            if bound is not None and entry is not None and not entry.handle.closed \
-                    and entry.handle._tap is None:
-                info, fn, _ = bound
-                if not info.blocking:
-                    result = fn(args[1], args[2]) if n == 3 else fn(*args[1:])
-                    if type(result) is Opened:
-                        result = _registered(entry.handle, result)
-                    self.reply(c.id, result)
-                    return
-                t = args[-1] if n > 1 else 0
-                if t is None or (type(t) is float or type(t) is int) and t > 0:
-                    try:
-                        result = fn(args[1], PROBE) if n == 3 else fn(*args[1:-1], PROBE)
-                    except WouldBlock:
-                        pass  # the general path below waits for it on a thread
-                    else:
-                        if type(result) is Opened:
-                            result = _registered(entry.handle, result)
-                        self.reply(c.id, result)
-                        return
+            # What the event loop may run (an op of an open handle that cannot wait) goes
+            # the same fast way here, on a lane or a TLS connection's thread.
+            if self.call_inline(c):
+                return
             target = self._resolve(c.op, c.args)
             if target is None:
                 if c.op == "lease":
