@@ -22,14 +22,12 @@ import collections
 import contextlib
 import errno
 import logging
-import os
-import select
-import selectors
 import socket
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from .poller import READ, READABLE, WRITE, make_poller
 from .protocol import MISS, Call, Connection, Error, Hello, Message, ProtocolError, Reply, Role
 from .session import Session
 
@@ -53,45 +51,6 @@ DROP_OUT = 64 << 20
 LANE_LINGER = 1.0  # an idle lane thread waits this long for more work before it ends
 FINAL_SEND = 2.0  # seconds a closing connection may take to send its last replies
 _CLOSE = object()  # lane sentinel: the connection ended; close its session
-
-
-# epoll where the host has it (one C call per wake-up); the selectors module elsewhere, or
-# when HWBRIDGE_POLLER=selectors (the tests run that path too).
-_EPOLL = hasattr(select, "epoll") and os.environ.get("HWBRIDGE_POLLER") != "selectors"
-if _EPOLL:
-    READ, WRITE = select.EPOLLIN, select.EPOLLOUT
-    # A hang-up or error wakes the reader: its recv() reports it.
-    _READABLE = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR
-else:
-    READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
-    _READABLE = READ
-
-
-class _SelectorPoller:
-    """The epoll interface (register/modify/unregister/poll by fd) over the selectors
-    module, for hosts without epoll (Solaris: /dev/poll; the BSDs: kqueue)."""
-
-    def __init__(self) -> None:
-        self._sel = selectors.DefaultSelector()
-
-    def register(self, fd: int, mask: int) -> None:
-        self._sel.register(fd, mask)
-
-    def modify(self, fd: int, mask: int) -> None:
-        self._sel.modify(fd, mask)
-
-    def unregister(self, fd: int) -> None:
-        self._sel.unregister(fd)
-
-    def poll(self, timeout: float | None = None) -> list[tuple[int, int]]:
-        return [(key.fd, mask) for key, mask in self._sel.select(timeout)]
-
-    def close(self) -> None:
-        self._sel.close()
-
-
-def _poller() -> Any:
-    return select.epoll() if _EPOLL else _SelectorPoller()
 
 
 class _Conn:
@@ -264,7 +223,7 @@ class Loop:
 
     def __init__(self, server: Server) -> None:
         self.server = server
-        self.poller = _poller()
+        self.poller = make_poller()
         self.conns: dict[int, _Conn] = {}
         self.listeners: dict[int, socket.socket] = {}
         self.tid = 0
@@ -314,7 +273,7 @@ class Loop:
         conns = self.conns
         readable = self._readable
         monotonic = time.monotonic
-        write, ready = WRITE, _READABLE
+        write, ready = WRITE, READABLE
         wake = self._wake_r.fileno()
         next_sweep = monotonic() + SWEEP
         try:
