@@ -6,6 +6,7 @@
 # process running tests/clib/testlib.c; the last test runs slow calls through a server.
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import threading
@@ -40,10 +41,8 @@ def pair() -> Iterator[tuple[Channel, Channel]]:
     yield a, b
     for c in (a, b):
         for fd in (c.rfd, c.wfd):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
 
 
 def test_channel_carries_frames_both_ways(pair: tuple[Channel, Channel]) -> None:
