@@ -4,6 +4,8 @@
 #   100 dependent ops in one batch through a 10 ms-RTT delaying proxy  vs one RTT
 #   8 client threads x 2,000 small ops                                 vs raw echo, 8 threads
 #   server RSS idle, and with 1,000 idle connections
+# Each timed case alternates with its floor ROUNDS times and the best of each counts, so a
+# change in the machine's load hits both alike (as bench_serial, bench_i2c, bench_library do).
 from __future__ import annotations
 
 import contextlib
@@ -110,6 +112,23 @@ def _raw_stream(mib: int) -> float:
         return dt
 
 
+ROUNDS = 3  # each case and its floor alternate this many times; the best of each counts
+
+
+def _bulk(host: bridge.Client, handle: int, mib: int) -> float:
+    """Seconds for ``mib`` reads of 1 MiB, pipelined 4 deep."""
+    t = time.perf_counter()
+    inflight = [host.submit("read", [handle, 1 << 20, None], bulk=True) for _ in range(4)]
+    got = 0
+    for i in range(mib):
+        got += len(host.result(inflight.pop(0)))
+        if i + 4 < mib:
+            inflight.append(host.submit("read", [handle, 1 << 20, None], bulk=True))
+    dt = time.perf_counter() - t
+    assert got == mib << 20
+    return dt
+
+
 def run() -> list[Row]:
     rows: list[Row] = []
     master, slave = os.openpty()
@@ -122,9 +141,11 @@ def run() -> list[Row]:
             buf = bytearray(1 << 16)
             payload = b"x" * 16
             n = 3000
-            floor = per_op(lambda: echo_once(es, payload, buf), n)
-            rd = per_op(lambda: zero.read(16), n)
-            io = per_op(lambda: tty.ioctl("TIOCGWINSZ"), n)
+            floor = rd = io = float("inf")
+            for _ in range(ROUNDS):  # alternating, so a change in load hits both alike
+                floor = min(floor, per_op(lambda: echo_once(es, payload, buf), n, repeat=3))
+                rd = min(rd, per_op(lambda: zero.read(16), n, repeat=3))
+                io = min(io, per_op(lambda: tty.ioctl("TIOCGWINSZ"), n, repeat=3))
             rows.append(Row("small op: read 16 B from /dev/zero node", rd * 1e6, floor * 1e6,
                             "us/op", "<= 1.5x"))
             rows.append(Row("small op: ioctl TIOCGWINSZ on a pty", io * 1e6, floor * 1e6,
@@ -132,21 +153,14 @@ def run() -> list[Row]:
 
             # bulk: 256 reads of 1 MiB, pipelined 4 deep, vs a raw stream of 256 MiB
             mib = 256
-            t = time.perf_counter()
-            inflight = [host.submit("read", [zero.handle, 1 << 20, None], bulk=True)
-                        for _ in range(4)]
-            got = 0
-            for i in range(mib):
-                got += len(host.result(inflight.pop(0)))
-                if i + 4 < mib:
-                    inflight.append(host.submit("read", [zero.handle, 1 << 20, None], bulk=True))
-            bulk = time.perf_counter() - t
-            assert got == mib << 20
-            t = time.perf_counter()
-            for _ in range(64):
-                zero.read(1 << 20)
-            bulk_seq = (time.perf_counter() - t) * mib / 64
-            raw = _raw_stream(mib)
+            bulk = bulk_seq = raw = float("inf")
+            for _ in range(ROUNDS):
+                raw = min(raw, _raw_stream(mib))
+                bulk = min(bulk, _bulk(host, zero.handle, mib))
+                t = time.perf_counter()
+                for _ in range(64):
+                    zero.read(1 << 20)
+                bulk_seq = min(bulk_seq, (time.perf_counter() - t) * mib / 64)
             rows.append(Row("bulk read 1 MiB x 256 (4 in flight)", mib / bulk, mib / raw,
                             "MiB/s", ">= 0.9x", higher_is_better=True))
             rows.append(Row("bulk read 1 MiB x 256 (one at a time)", mib / bulk_seq, mib / raw,
@@ -187,8 +201,10 @@ def _threads(url: str, addr: tuple[str, int]) -> list[Row]:
             th.join()
         return threads * ops / (time.perf_counter() - t)
 
-    r_raw = rate(raw)
-    r_br = rate(bridged)
+    r_raw = r_br = 0.0
+    for _ in range(ROUNDS):
+        r_raw = max(r_raw, rate(raw))
+        r_br = max(r_br, rate(bridged))
     return [Row("8 threads x 2,000 small ops (own connections)", r_br / 1000, r_raw / 1000,
                 "kcalls/s", ">= 0.8x", higher_is_better=True)]
 
