@@ -12,7 +12,7 @@ import pytest
 
 CLIENT_MODULES = ["bridge", "bridge.client", "bridge.connect", "bridge.batch", "bridge.protocol",
                   "bridge.messages", "bridge.url", "bridge.timeout", "bridge.ioctl",
-                  "bridge.leaseclient"]
+                  "bridge.leaseclient", "bridge.reader"]
 DRIVERS = sorted(p.stem for p in Path(bridge.drivers.__file__).parent.glob("*.py")
                  if p.stem != "__init__")
 BLOCKED = ("fcntl", "termios", "resource")
