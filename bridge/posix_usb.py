@@ -6,8 +6,10 @@
 from __future__ import annotations
 
 import array
+import ctypes
 import errno
 import math
+import os
 import threading
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -23,6 +25,11 @@ if TYPE_CHECKING:
 
 # A waiting transfer wakes this often to notice that its handle was closed under it.
 WAIT_SLICE = 0.25
+# libusb_error values (libusb.h) and the errno libusb's Linux backend derives each from.
+LIBUSB_ERROR_TIMEOUT = -7
+_LIBUSB_ERRNO = {-1: errno.EIO, -2: errno.EINVAL, -3: errno.EACCES, -4: errno.ENODEV,
+                 -5: errno.ENOENT, -6: errno.EBUSY, -7: errno.ETIMEDOUT, -8: errno.EOVERFLOW,
+                 -9: errno.EPIPE, -10: errno.EINTR, -11: errno.ENOMEM, -12: errno.ENOSYS}
 T = TypeVar("T")
 
 _lib: Any = None
@@ -176,43 +183,51 @@ class PosixUSBHandle(USBHandle):
 
     def transfer(self, kind: Transfer, ep: int, data_or_length: bytes | int,
                  deadline: Deadline) -> bytes | int:
-        """Sliced into WAIT_SLICE waits, so a closed handle is noticed; libusb reports a
-        timed-out transfer's partial progress, so no byte is lost between slices."""
-        import usb.core
-
+        """Waited for in WAIT_SLICE steps, so a closed handle is noticed. Each step is one
+        libusb transfer of what is left; a step that times out has moved whole packets only,
+        which libusb counts, so the next step goes on from there and the transfer ends as it
+        would in one piece: at a short packet or a full buffer (IN), when everything is sent
+        (OUT), or at the deadline with what moved by then."""
         if deadline.probe:
             deadline.expire("transfer")
         read = isinstance(data_or_length, int)
-        fn = {(Transfer.BULK, True): self.lib.bulk_read, (Transfer.BULK, False):
-              self.lib.bulk_write, (Transfer.INTERRUPT, True): self.lib.intr_read,
-              (Transfer.INTERRUPT, False): self.lib.intr_write}[kind, read]
-        if read:
-            buf = array.array("B", bytes(int(data_or_length)))
-        else:
-            data = bytes(data_or_length)
-        sent = 0
+        buf = array.array("B", bytes(data_or_length))  # zeros to read into, or the data
+        done = 0
         while True:
             left = deadline.remaining()
             step = WAIT_SLICE if left is None else min(WAIT_SLICE, left)
-            chunk = buf if read else array.array("B", data[sent:])
-            timed_out = False
-            try:
-                n: int = self._do(fn, ep, 0, chunk, _ms(step))
-            except OSError as e:
-                if not isinstance(e.__cause__, usb.core.USBTimeoutError):
-                    raise
-                n, timed_out = 0, True
-            if read and not timed_out:
-                return bytes(buf[:n])  # n may be 0: a zero-length packet
-            if not read:
-                sent += n
-                if sent == len(data):
-                    return sent
+            n, timed_out = self._sync_transfer(kind, ep, buf, done, _ms(step))
+            done += n
+            if not timed_out or (done and deadline.expired()):
+                return bytes(buf[:done]) if read else done  # n may be 0: a zero-length packet
             if deadline.expired():
-                if sent:
-                    return sent
                 raise TimeoutError(errno.ETIMEDOUT, f"transfer on endpoint 0x{ep:02X} "
                                                     f"timed out after {deadline.timeout} s")
+
+    def _sync_transfer(self, kind: Transfer, ep: int, buf: array.array[int], offset: int,
+                       timeout_ms: int) -> tuple[int, bool]:
+        """One synchronous libusb transfer of ``buf[offset:]``: (bytes moved, timed out).
+
+        pyusb's bulk_read and friends return the count both when a transfer ended and when
+        it timed out after moving some bytes, so they cannot say whether to go on: this
+        calls libusb's function itself (with the prototypes pyusb set up) for its result.
+        """
+        lib = self.lib.lib
+        fn = lib.libusb_bulk_transfer if kind is Transfer.BULK else lib.libusb_interrupt_transfer
+        moved = ctypes.c_int()
+        address = buf.buffer_info()[0] + offset
+        handle = self._enter()
+        try:
+            ret: int = fn(handle.handle, ep, ctypes.cast(address, ctypes.POINTER(ctypes.c_ubyte)),
+                          len(buf) - offset, ctypes.byref(moved), timeout_ms)
+        finally:
+            self._leave()
+        if ret == LIBUSB_ERROR_TIMEOUT:
+            return moved.value, True
+        if ret < 0:
+            code = _LIBUSB_ERRNO.get(ret, errno.EIO)
+            raise OSError(code, f"{os.strerror(code)} (libusb error {ret})")
+        return moved.value, False
 
     def get_configuration(self) -> int:
         value: int = self._do(self.lib.get_configuration)
