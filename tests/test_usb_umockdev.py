@@ -10,20 +10,22 @@ descriptor followed by the configuration descriptor). It opens the node and asks
 USBDEVFS_GET_CAPABILITIES, claims interfaces with USBDEVFS_CLAIMINTERFACE, and runs every
 transfer (control, bulk, interrupt; libusb's synchronous calls are asynchronous underneath)
 as a URB: USBDEVFS_SUBMITURB, then USBDEVFS_REAPURBNDELAY when its poll() reports the node
-ready, and USBDEVFS_DISCARDURB when a timeout fires. `Usbfs` below answers those ioctls as
-the kernel would, decoding the structs of <linux/usbdevice_fs.h> (x86_64 layouts)
+ready, and USBDEVFS_DISCARDURB when a timeout fires. `LoopbackDevice.ioctl` answers those
+ioctls as the kernel would, decoding the structs of <linux/usbdevice_fs.h> (x86_64 layouts)
 independently with `struct`, and following and writing back the pointers inside them through
 umockdev (IoctlData.resolve / update / set_ptr; a reaped URB's pointer is written into the
 client's `void *` with set_ptr, and its status, actual_length and IN data go back with it).
-Behind it, `LoopbackDevice` is a small device model: chapter 9 requests and descriptors,
-three strings, vendor requests, a bulk OUT -> IN loopback FIFO delivered in max-packet
+Behind them is a small device model: chapter 9 requests and descriptors, five strings,
+vendor requests, a bulk OUT -> IN loopback FIFO delivered in max-packet
 packets (a transfer ends at a short packet or when its buffer is full, as on a real bus),
 an interrupt IN endpoint whose reports a vendor request queues, and endpoint halts.
 
 The usbfs node of the testbed is a plain file, so poll() on it is always ready: libusb then
 reaps (REAPURBNDELAY -> EAGAIN) in a loop while a transfer is in flight, where the kernel
 would make it sleep until POLLOUT. Completion, timeout and cancellation behave as with the
-kernel; only the waiting costs CPU.
+kernel; only the waiting costs CPU. Not modelled: isochronous URBs, hotplug (no uevents),
+the blocking USBDEVFS_REAPURB (libusb does not use it), and per-file interface claims
+(EBUSY for a second claimer).
 
 Needs the Debian packages umockdev, gir1.2-umockdev-1.0, python3-gi and libusb-1.0-0 (`make
 test-deps` installs them when run as root); skips with the reason otherwise.
@@ -37,6 +39,7 @@ import os
 import struct
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -84,14 +87,12 @@ def _ioc(direction: int, nr: int, size: int) -> int:
 
 
 _NONE, _W, _R = 0, 1, 2  # _IOC_NONE, _IOC_WRITE, _IOC_READ
-USBDEVFS_CONTROL = _ioc(_R | _W, 0, 24)  # struct usbdevfs_ctrltransfer
 USBDEVFS_SETINTERFACE = _ioc(_R, 4, 8)  # struct usbdevfs_setinterface
 USBDEVFS_SETCONFIGURATION = _ioc(_R, 5, 4)  # unsigned int
 USBDEVFS_GETDRIVER = _ioc(_W, 8, 260)  # struct usbdevfs_getdriver
 USBDEVFS_SUBMITURB = _ioc(_R, 10, 56)  # struct usbdevfs_urb
 USBDEVFS_DISCARDURB = _ioc(_NONE, 11, 0)  # the URB's address, by value
-USBDEVFS_REAPURB = _ioc(_W, 12, 8)  # void ** (where to store the URB's address)
-USBDEVFS_REAPURBNDELAY = _ioc(_W, 13, 8)
+USBDEVFS_REAPURBNDELAY = _ioc(_W, 13, 8)  # void **: where to store the URB's address
 USBDEVFS_CLAIMINTERFACE = _ioc(_R, 15, 4)  # unsigned int
 USBDEVFS_RELEASEINTERFACE = _ioc(_R, 16, 4)
 USBDEVFS_RESET = _ioc(_NONE, 20, 0)
@@ -105,7 +106,7 @@ assert USBDEVFS_SUBMITURB == 0x8038550A and USBDEVFS_REAPURBNDELAY == 0x4008550D
 URB = struct.Struct("=BBxxiIxxxxQiiiiiIQ")
 URB_STATUS, URB_BUFFER, URB_ACTUAL = 4, 16, 28
 assert URB.size == 56
-URB_TYPE_ISO, URB_TYPE_INTERRUPT, URB_TYPE_CONTROL, URB_TYPE_BULK = 0, 1, 2, 3
+URB_TYPE_INTERRUPT, URB_TYPE_CONTROL, URB_TYPE_BULK = 1, 2, 3
 SETUP = struct.Struct("<BBHHH")  # bmRequestType, bRequest, wValue, wIndex, wLength
 # ZERO_PACKET | BULK_CONTINUATION | NO_PACKET_SIZE_LIM | REAP_AFTER_DISCONNECT: one URB per
 # transfer, as on a current xHCI host.
@@ -184,6 +185,7 @@ class LoopbackDevice:
         self.claimed: set[int] = set()
         self.altsetting = 0
         self.files: dict[Any, OpenFile] = {}
+        self.unplugged = False  # every ioctl then fails with ENODEV, as usbfs does
         self.seen: list[int] = []  # every ioctl request, in order
         self.setups: list[tuple[int, int, int, int, int]] = []
 
@@ -201,8 +203,10 @@ class LoopbackDevice:
             client.complete(result, 0)
         return True
 
-    def vanished(self, client: Any) -> None:
-        self.files.pop(client, None)
+    def open_files(self) -> list[OpenFile]:
+        """The files the server holds open on this node now. (umockdev 0.17 never emits
+        client-vanished; a client's `connected` turns False when its fd is closed.)"""
+        return [f for c, f in list(self.files.items()) if c.get_connected()]
 
     def feed(self, data: bytes) -> bool:
         """More data for bulk IN, as if looped back from elsewhere (a GLib source: False)."""
@@ -211,6 +215,8 @@ class LoopbackDevice:
         return False
 
     def _dispatch(self, f: OpenFile, request: int, arg: Any) -> int:
+        if self.unplugged:
+            raise OSError(errno.ENODEV, "device disconnected")
         if request == USBDEVFS_GET_CAPABILITIES:
             arg.resolve(0, 4).update(0, list(struct.pack("=I", CAPABILITIES)))
             return 0
@@ -389,14 +395,11 @@ class LoopbackDevice:
 
 
 def _handler(UMockdev: Any, device: LoopbackDevice) -> Any:
-    """An IoctlBase whose ioctls (and vanished clients) go to ``device``."""
+    """An IoctlBase whose ioctls go to ``device``."""
 
     class Usbfs(UMockdev.IoctlBase):  # type: ignore[misc]
         def do_handle_ioctl(self, client: Any) -> bool:
             return device.ioctl(client)
-
-        def do_client_vanished(self, client: Any) -> None:
-            device.vanished(client)
 
     return Usbfs()
 
@@ -423,6 +426,13 @@ def _manifest(**serials: str | None) -> str:
         out.append(f'[devices.{name}]\nkind = "usb"\nvid = 0x{VID:04x}\npid = 0x{PID:04x}\n'
                    + ("" if serial is None else f'serial = "{serial}"\n'))
     return "".join(out)
+
+
+def _wait_for(what: Any, timeout: float = 10.0) -> None:
+    end = time.monotonic() + timeout
+    while not what():
+        assert time.monotonic() < end, "gave up waiting"
+        time.sleep(0.02)
 
 
 @dataclass
@@ -470,12 +480,16 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
 
 @pytest.fixture
 def probe(rig: Rig) -> Iterator[Any]:
-    """The device the rig's manifest selects (serial B), found through pyusb on a client."""
+    """The device the rig's manifest selects (serial B), found through pyusb on a client.
+    When the client has gone, the host must have closed every usbfs file it opened."""
+    model = rig.devices[SERIALS[1]]
+    open_before = len(model.open_files())
     with bridge.connect(rig.server.url) as c:
         dev = usb.core.find(idVendor=VID, idProduct=PID, backend=get_backend(c))
         assert dev is not None, get_backend(c).unavailable
         yield dev
         usb.util.dispose_resources(dev)
+    _wait_for(lambda: len(model.open_files()) == open_before)
 
 
 def test_found_by_vid_pid_and_serial_with_descriptors_and_strings(rig: Rig, probe: Any) -> None:
@@ -595,6 +609,48 @@ def test_a_read_ends_at_a_short_packet_not_at_the_hosts_wait_slices(rig: Rig,
     assert bytes(probe.read(EP_IN, 8 * MAX_PACKET, timeout=10_000)) == data
 
 
+def test_a_closed_connection_ends_a_waiting_read_and_closes_the_device(rig: Rig) -> None:
+    """A read waiting forever on the host ends when its connection goes: the URB is
+    discarded, and libusb closes the device node once the read has returned."""
+    model = rig.devices[SERIALS[1]]
+    open_before = len(model.open_files())
+    errors: list[BaseException] = []
+    c = bridge.connect(rig.server.url)
+    try:
+        dev = usb.core.find(idVendor=VID, idProduct=PID, backend=get_backend(c))
+
+        def read_forever() -> None:
+            try:
+                dev.read(EP_IN, 64, timeout=0)
+            except BaseException as e:  # noqa: B036 - handed to the test thread
+                errors.append(e)
+
+        reader = threading.Thread(target=read_forever)
+        reader.start()
+        _wait_for(lambda: any(f.pending for f in model.open_files()))
+        assert len(model.open_files()) == open_before + 1
+    finally:
+        c.close()
+    reader.join(10)
+    assert not reader.is_alive() and len(errors) == 1
+    assert isinstance(errors[0], usb.core.USBError)
+    _wait_for(lambda: len(model.open_files()) == open_before)  # libusb_close: fd closed
+    assert not any(f.pending for f in model.files.values())
+
+
+def test_an_unplugged_device_is_usberror_enodev(rig: Rig, probe: Any) -> None:
+    model = rig.devices[SERIALS[1]]
+    probe.write(EP_OUT, b"x", timeout=2000)
+    model.unplugged = True
+    try:
+        with pytest.raises(usb.core.USBError) as e:
+            probe.read(EP_IN, 64, timeout=2000)
+        assert e.value.errno == errno.ENODEV and e.value.backend_error_code == -4
+    finally:
+        model.unplugged = False
+    assert bytes(probe.read(EP_IN, 64, timeout=2000)) == b"x"
+
+
 def test_kernel_driver_and_interface_release(rig: Rig) -> None:
     model = rig.devices[SERIALS[1]]
     with bridge.connect(rig.server.url) as c:
@@ -605,6 +661,10 @@ def test_kernel_driver_and_interface_release(rig: Rig) -> None:
         assert model.claimed == {0}
         dev.set_interface_altsetting(0, 0)
         assert USBDEVFS_SETINTERFACE in model.seen
+        dev.set_configuration(1)
+        assert USBDEVFS_SETCONFIGURATION in model.seen
+        dev.reset()
+        assert USBDEVFS_RESET in model.seen
         usb.util.dispose_resources(dev)
         assert model.claimed == set()
 
