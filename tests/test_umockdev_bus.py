@@ -20,13 +20,9 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import struct
-import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,27 +33,7 @@ from bridge.bushost import I2C_FUNC_I2C, I2C_FUNC_NOSTART, I2CMsg, SPIXfer
 from bridge.ioctl import BUILTIN, ioc_nr, ioc_size, ioc_type
 from bridge.manifest import DeviceSpec
 
-PRELOAD = "libumockdev-preload.so.0"
-_LIBDIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib")
-
-
-def _load_umockdev() -> Any:
-    if sys.platform != "linux":
-        pytest.skip("umockdev is Linux-only")
-    if not any(os.path.exists(os.path.join(d, PRELOAD)) for d in _LIBDIRS):
-        pytest.skip(f"{PRELOAD} not installed (Debian: umockdev; `make test-deps` as root)")
-    if "/usr/lib/python3/dist-packages" not in sys.path:
-        sys.path.append("/usr/lib/python3/dist-packages")  # PyGObject from python3-gi
-    try:
-        import gi
-
-        gi.require_version("UMockdev", "1.0")
-        from gi.repository import GLib, UMockdev
-    except (ImportError, ValueError) as e:
-        pytest.skip(f"PyGObject with UMockdev-1.0 not available ({e}); Debian: python3-gi "
-                    "gir1.2-umockdev-1.0, or `make test-deps` as root")
-    return GLib, UMockdev
-
+from .umockdev_common import load_umockdev, run_child, serving
 
 I2C_RDWR = BUILTIN["I2C_RDWR"].request
 I2C_FUNCS = BUILTIN["I2C_FUNCS"].request
@@ -268,7 +244,7 @@ OPS: list[list[Any]] = [
 @pytest.fixture(scope="module")
 def umockdev_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         tuple[list[Any], Kernel]]:
-    GLib, UMockdev = _load_umockdev()
+    GLib, UMockdev = load_umockdev()
     testbed = UMockdev.Testbed.new()
     for sysname, node, subsystem, dev in (("i2c-1", "i2c-1", "i2c-dev", "89:1"),
                                           ("spi0.0", "spidev0.0", "spidev", "153:0")):
@@ -280,20 +256,11 @@ def umockdev_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     handler.connect("handle-ioctl", lambda _h, client: kernel.ioctl(client))
     assert testbed.attach_ioctl("/dev/i2c-1", handler)
     assert testbed.attach_ioctl("/dev/spidev0.0", handler)
-    loop = GLib.MainLoop()
-    thread = threading.Thread(target=loop.run, daemon=True, name="umockdev-ioctl")
-    thread.start()
     tmp = tmp_path_factory.mktemp("umockdev")
     (tmp / "ops.json").write_text(json.dumps(OPS))
     (tmp / "child.py").write_text(CHILD)
-    env = {**os.environ, "LD_PRELOAD": PRELOAD, "UMOCKDEV_DIR": testbed.get_root_dir()}
-    root = Path(__file__).resolve().parent.parent
-    try:
-        done = subprocess.run([sys.executable, str(tmp / "child.py"), str(tmp / "ops.json")],
-                              env=env, cwd=root, capture_output=True, text=True, timeout=120)
-    finally:
-        loop.quit()
-        thread.join(10)
+    with serving(GLib):
+        done = run_child(testbed, [str(tmp / "child.py"), str(tmp / "ops.json")])
     assert done.returncode == 0, done.stderr[-3000:]
     yield json.loads(done.stdout.strip().splitlines()[-1]), kernel
 
