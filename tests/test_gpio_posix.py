@@ -1,11 +1,12 @@
 """The posix GPIO line request's event reader, fed through a real kernel pipe.
 
 No GPIO chip can exist on this machine (its kernel lacks CONFIG_GPIOLIB, so neither gpio-sim
-nor gpio-mockup; umockdev cannot stand in either: the hardened open uses the openat2
-syscall directly, which its LD_PRELOAD shim never sees, and it cannot hand out the new fd
-GPIO_V2_GET_LINE_IOCTL returns). A pipe carries the same 48-byte struct gpio_v2_line_event
-records the kernel writes into a line-request fd, so the reader thread, its parsing and its
-shutdown run for real.
+nor gpio-mockup). tests/test_umockdev_gpio.py runs the whole posix path through umockdev
+instead: the chip ioctls, the line-request fd GPIO_V2_GET_LINE_IOCTL hands out, its ioctls,
+and edge events read from it. This file covers what that does not: a pipe carries the same
+48-byte struct gpio_v2_line_event records the kernel writes into a line-request fd, so events
+written before the handle is attached, the reader's shutdown with the fd closed, and the
+errno of an fd that is no line request run for real.
 """
 
 from __future__ import annotations
