@@ -21,8 +21,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check bridge drivers sim hil tests bench fuzz setup.py _hwbridge_serial_hook.py
 	$(BIN)/mypy
 
-# Debian packages the kernel-interface tiers need (umockdev emulates /dev/i2c-*, /dev/spidev*;
-# libusb serves real USB devices through pyusb).
+# Debian packages the kernel-interface tiers need (umockdev emulates /dev/i2c-*, /dev/spidev*,
+# /dev/gpiochip* and a usbfs device; libusb serves USB devices through pyusb).
 # Installed only when running as root with apt-get and they are missing; otherwise that tier
 # skips and says why.
 TEST_DEBS := umockdev gir1.2-umockdev-1.0 python3-gi libusb-1.0-0 gcc libc6-dev

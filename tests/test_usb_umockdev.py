@@ -54,29 +54,17 @@ import bridge
 from bridge.posix_usb import WAIT_SLICE
 from bridge.testing import ServerProc, start_server
 
-PRELOAD = "libumockdev-preload.so.0"
-_LIBDIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib")
+from .umockdev_common import PRELOAD, load_umockdev
 
 
 def _load_umockdev() -> tuple[Any, Any]:
     """(GLib, UMockdev) from PyGObject, or skip with what is missing."""
     if sys.platform != "linux" or struct.calcsize("P") != 8 or os.uname().machine != "x86_64":
         pytest.skip("the usbdevfs struct layouts decoded here are x86_64 Linux ones")
-    if not any(os.path.exists(os.path.join(d, PRELOAD)) for d in _LIBDIRS):
-        pytest.skip(f"{PRELOAD} not installed (Debian: umockdev; `make test-deps` as root)")
     if ctypes.util.find_library("usb-1.0") is None:
         pytest.skip("libusb-1.0 not installed (Debian: libusb-1.0-0; `make test-deps` as root)")
-    if "/usr/lib/python3/dist-packages" not in sys.path:
-        sys.path.append("/usr/lib/python3/dist-packages")  # PyGObject from python3-gi
-    try:
-        import gi
-
-        gi.require_version("UMockdev", "1.0")
-        from gi.repository import GLib, UMockdev
-    except (ImportError, ValueError) as e:
-        pytest.skip(f"PyGObject with UMockdev-1.0 not available ({e}); Debian: python3-gi "
-                    "gir1.2-umockdev-1.0, or `make test-deps` as root")
-    return GLib, UMockdev
+    glib, umockdev = load_umockdev()
+    return glib, umockdev
 
 
 # -- <linux/usbdevice_fs.h>, x86_64 ------------------------------------------------------
