@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
-from .ioctl import Direction
+from .ioctl import Direction, IoctlSpec
 from .timeout import Deadline
 
 if TYPE_CHECKING:
@@ -232,25 +232,42 @@ class NodeHandle(DeviceHandle):
         spec = self.spec.ioctls.get(request) if type(request) is str else None
         if spec is None:  # by number, or not allowed (find_ioctl says which)
             spec = self.spec.find_ioctl(request)
-        if spec.by_value or spec.direction is Direction.NONE:
-            if spec.direction is Direction.NONE and not spec.by_value and arg not in (None, 0):
-                raise ValueError(f"ioctl {spec.name} takes no argument")
-            value = 0 if arg is None else arg
-            if type(value) is not int:
-                raise TypeError(f"ioctl {spec.name} takes an integer argument, "
-                                f"not {type(arg).__name__}")
-            return [self.do_ioctl(spec.request, value), None]
-        buf = bytearray(spec.size)
-        if arg is not None:
-            if not isinstance(arg, bytes | bytearray):
-                raise TypeError(f"ioctl {spec.name} takes a {spec.size}-byte buffer, "
-                                f"not {type(arg).__name__}")
-            if len(arg) != spec.size:
-                raise ValueError(f"ioctl {spec.name} takes a {spec.size}-byte argument, "
-                                 f"got {len(arg)} bytes")
-            buf[:] = arg
-        elif spec.direction is not Direction.OUT:
-            raise ValueError(f"ioctl {spec.name} needs a {spec.size}-byte argument")
+        direction = spec.direction
+        if spec.by_value or direction is _NONE:
+            return [self.do_ioctl(spec.request, _ioctl_value(spec, arg)), None]
+        buf = _ioctl_buffer(spec, arg)
         ret = self.do_ioctl(spec.request, buf)
-        out = bytes(buf) if spec.direction in (Direction.OUT, Direction.INOUT) else None
-        return [ret, out]
+        return [ret, bytes(buf) if direction is _OUT or direction is _INOUT else None]
+
+
+# Enum members as module constants: `x is Direction.OUT` looks the member up through the enum
+# class on every call, which costs more than the rest of a small ioctl's checks.
+_NONE, _OUT, _INOUT = Direction.NONE, Direction.OUT, Direction.INOUT
+
+
+def _ioctl_value(spec: IoctlSpec, arg: object) -> int:
+    """The integer an argument-less or by-value ioctl passes; ValueError/TypeError else."""
+    if spec.direction is _NONE and not spec.by_value and arg not in (None, 0):
+        raise ValueError(f"ioctl {spec.name} takes no argument")
+    value = 0 if arg is None else arg
+    if type(value) is not int:
+        raise TypeError(f"ioctl {spec.name} takes an integer argument, not {type(arg).__name__}")
+    return value
+
+
+def _ioctl_buffer(spec: IoctlSpec, arg: object) -> bytearray:
+    """A buffer of exactly the declared size for a pointer ioctl, holding ``arg``; a wrong
+    type or size is a clear error, never a short buffer handed to the kernel."""
+    if type(arg) is bytes and len(arg) == spec.size:  # the common case with an argument
+        return bytearray(arg)
+    if arg is None:
+        if spec.direction is not _OUT:
+            raise ValueError(f"ioctl {spec.name} needs a {spec.size}-byte argument")
+        return bytearray(spec.size)
+    if not isinstance(arg, bytes | bytearray):
+        raise TypeError(f"ioctl {spec.name} takes a {spec.size}-byte buffer, "
+                        f"not {type(arg).__name__}")
+    if len(arg) != spec.size:
+        raise ValueError(f"ioctl {spec.name} takes a {spec.size}-byte argument, "
+                         f"got {len(arg)} bytes")
+    return bytearray(arg)
