@@ -48,14 +48,17 @@ class Client(ReadSide):
         self._ids = itertools.count(1)  # next() is atomic: no lock to number a request
         # A call sends as the socket's only reader only where a send can be tried without
         # blocking (see call()): plain sockets on platforms with MSG_DONTWAIT; not TLS.
-        self._dontwait: int = getattr(socket, "MSG_DONTWAIT", 0) \
+        # The flags of such a send (0: none can be tried); set through _dontwait.
+        self._send_flags: int = getattr(socket, "MSG_DONTWAIT", 0) \
             if isinstance(sock, socket.socket) and not self._tls else 0
         self._local = threading.local()
         # Set once any batch (so any Deferred) existed: until then a call skips looking
-        # for batches and Deferred arguments.
-        self._batched = False
+        # for batches and Deferred arguments. Set through _batched.
+        self._batched_once = False
         self.server_info: dict[str, Any] = {}
         self._hello(token)
+        with self._cv:
+            self._refresh_fast()
 
     # -- public API (on_event, remove_handler, exact_receives, pull_events and end_pull are
     # the read side's: reader.py) -----------------------------------------------------------
@@ -126,15 +129,22 @@ class Client(ReadSide):
         reply is awaited, frames are received piece by piece at their exact size, so the
         payload lands in one bytes object without being copied again.
         """
-        if self._batched:
-            batch: BatchContext | None = getattr(self._local, "batch", None)
-            if batch is not None:
-                return batch.add(op, args, transform)
-            args = self._resolved(args)
-        if self.closed:
-            raise ConnectionAbortedError(_errno.ECONNABORTED, "connection closed")
+        if not self._fast:
+            # One of the conditions _fast stands for fails (see _fast_ok): a batch existed,
+            # the connection is closed or broken, it receives at exact sizes, or no send
+            # can be tried without blocking. The common case tests only the flag.
+            if self._batched_once:
+                batch: BatchContext | None = getattr(self._local, "batch", None)
+                if batch is not None:
+                    return batch.add(op, args, transform)
+                args = self._resolved(args)
+            if self.closed:
+                raise ConnectionAbortedError(_errno.ECONNABORTED, "connection closed")
+            if not self._send_flags or self._bulk:
+                return self._call_pending(next(self._ids) & 0x7FFFFFFF, op, args, transform,
+                                          bulk)
         rid = next(self._ids) & 0x7FFFFFFF
-        if bulk or not self._dontwait or not self._recv_lock.acquire(False):
+        if bulk or not self._recv_lock.acquire(False):
             return self._call_pending(rid, op, args, transform, bulk)
         # The common case: no other thread reads the socket, and now none will until this
         # call is done, so its reply can reach no one else: no Pending, no dict entry.
@@ -145,6 +155,8 @@ class Client(ReadSide):
             return self._call_pending(rid, op, args, transform, bulk)
         sent = -1
         try:
+            # Checked holding both locks: the connection breaks only under one of them
+            # (or closes), so _fast may have been read just before.
             if self._broken is not None:
                 raise ConnectionError("connection is broken") from self._broken
             raw = self._conn.call_bytes(rid, op, args if type(args) is list else list(args))
@@ -152,7 +164,7 @@ class Client(ReadSide):
                 # Never block while holding the read side (see above): a send that does not
                 # go through at once is finished below, by the ordinary path.
                 try:
-                    sent = self._sock.send(raw, self._dontwait)
+                    sent = self._sock.send(raw, self._send_flags)
                 except BlockingIOError:
                     sent = 0
                 except OSError as e:
@@ -167,21 +179,18 @@ class Client(ReadSide):
         self._send_lock.release()
         p: Pending | None = None
         try:
-            if not self._bulk:
-                try:
-                    n = self._sock.recv_into(self._buf)
-                except OSError as e:
-                    self._fail_all(e)
-                    raise
-                result = self._conn.reply_result(self._view, n, rid)
-                if result is not MISS:
-                    return result if transform is None else transform(result)
-                # Anything else (another thread's reply, an event, an error, part of a
-                # frame, the rest of a large data section): this call waits the ordinary way.
-                p = self._pending[rid] = Pending(rid, transform)
-                self._feed(self._buf[:n] if n else b"")
-            else:  # a large reply may come: _pump receives it at its exact size
-                p = self._pending[rid] = Pending(rid, transform)
+            try:
+                n = self._sock.recv_into(self._buf)
+            except OSError as e:
+                self._fail_all(e)
+                raise
+            result = self._conn.reply_result(self._view, n, rid)
+            if result is not MISS:
+                return result if transform is None else transform(result)
+            # Anything else (another thread's reply, an event, an error, part of a frame,
+            # the rest of a large data section): this call waits the ordinary way.
+            p = self._pending[rid] = Pending(rid, transform)
+            self._feed(self._buf[:n] if n else b"")
             while not p.done:
                 self._pump()
         finally:
@@ -272,7 +281,9 @@ class Client(ReadSide):
         """Close the connection; the host closes every handle it opened."""
         if self.closed:
             return
-        self.closed = True
+        with self._cv:
+            self.closed = True
+            self._refresh_fast()
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
         self._sock.close()
@@ -288,6 +299,32 @@ class Client(ReadSide):
         return f"<hwbridge.Client {self.url}>"
 
     # -- plumbing -------------------------------------------------------------------------
+
+    # The two conditions of the fast path (_fast) that are the client's: set only through
+    # these properties, which keep _fast up to date (BatchContext sets _batched).
+
+    @property
+    def _batched(self) -> bool:
+        return self._batched_once
+
+    @_batched.setter
+    def _batched(self, on: bool) -> None:
+        with self._cv:
+            self._batched_once = on
+            self._refresh_fast()
+
+    @property
+    def _dontwait(self) -> int:
+        return self._send_flags
+
+    @_dontwait.setter
+    def _dontwait(self, flags: int) -> None:
+        with self._cv:
+            self._send_flags = flags
+            self._refresh_fast()
+
+    def _fast_ok(self) -> bool:
+        return super()._fast_ok() and not self._batched_once and self._send_flags != 0
 
     def _wire(self, v: Any) -> Any:
         if isinstance(v, Deferred):

@@ -209,8 +209,10 @@ class Connection:
         with no message object and no list of messages; a data section (the bytes of a
         read) is copied once, into the result.
         """
+        # Nothing pending: no buffered bytes and no data section being collected (_want
+        # is only ever set with _stash), and the stream has not ended.
         if n > 8 and self.state is _READY and self._pos >= len(self._buf) \
-                and not self._want and self._stash is None and not self._eof:
+                and self._stash is None and not self._eof:
             body_len, data_len = unpack_header(buf, 0)
             mid = 8 + body_len
             if mid + data_len == n and body_len + data_len <= self.max_frame:
@@ -220,7 +222,7 @@ class Connection:
                     return MISS
                 # The checks decode_body makes for a Reply, plus the id.
                 if type(body) is list and len(body) == 3 and body[0] == 2 \
-                        and type(body[1]) is int and body[1] == id:
+                        and body[1] == id and type(body[1]) is int:
                     if not data_len:
                         return body[2]
                     if body[2] is None:
@@ -394,16 +396,13 @@ class Connection:
     def call_bytes(self, id: int, op: str, args: list[Value]) -> bytes | None:
         """The frame of ``Call(id, op, args)`` as one bytes object; None when the call
         needs the general path (a bulk last argument). The hot path of every client call."""
-        if args:
-            last = args[-1]
-            if type(last) in BULK_TYPES and len(last) >= BULK_MIN:
-                return None
+        if args and type(args[-1]) in BULK_TYPES and len(args[-1]) >= BULK_MIN:
+            return None
         raw: bytes = self._packer.pack([1, id, op, args])
-        size = len(raw)
-        if size > self.send_limit:
-            raise ValueError(f"message of {size} bytes exceeds the peer's frame limit "
+        if len(raw) > self.send_limit:
+            raise ValueError(f"message of {len(raw)} bytes exceeds the peer's frame limit "
                              f"of {self.send_limit} bytes")
-        return pack_header(size, 0) + raw
+        return pack_header(len(raw), 0) + raw
 
     def reply_bytes(self, id: int, result: Value) -> bytes | None:
         """The frame of ``Reply(id, result)`` as one bytes object; None when the result

@@ -83,10 +83,9 @@ class ReadSide:
         self._cv = threading.Condition(threading.Lock())
         self._sleepers = 0  # followers waiting on _cv; notify only when there are some
         # Requests for exact-size receives: bulk calls in flight and exact_receives(True).
-        # Changed only under _count_lock; read without it (a stale value changes how bytes
-        # are received for one recv, never what is received).
+        # Changed only under _cv; read without it (a stale value changes how bytes are
+        # received for one recv, never what is received).
         self._bulk = 0
-        self._count_lock = threading.Lock()
         # Until this time.monotonic() value the background reader stays aside (waiting on
         # _aside), because a thread pulls pushed events itself (see pull_events).
         self._pull_until = 0.0
@@ -104,6 +103,11 @@ class ReadSide:
         self._events: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
         self._event_threads: list[threading.Thread] = []
         self.closed = False
+        # Whether a call may take the client's fast path (Client.call): one flag for the
+        # several conditions _fast_ok() names, so the common call tests one thing. Every
+        # change of a condition is made holding _cv and followed by _refresh_fast(), so
+        # two changes racing cannot leave a stale value; the Client sets it once ready.
+        self._fast = False
 
     # -- public API -----------------------------------------------------------------------
 
@@ -141,10 +145,11 @@ class ReadSide:
         the client. Each frame then costs a receive or two more, so ask only while large
         frames are expected (a port streaming large pushes; bulk calls ask on their own).
         """
-        with self._count_lock:
+        with self._cv:
             if not on and self._bulk <= 0:
                 raise ValueError("exact receives were not requested")
             self._bulk += 1 if on else -1
+            self._refresh_fast()
 
     def pull_events(self, timeout: float = 0.0) -> bool:
         """Read pushed events on the calling thread, for a thread that waits for them.
@@ -191,6 +196,15 @@ class ReadSide:
                 self._aside.notify_all()
 
     # -- reading --------------------------------------------------------------------------
+
+    def _fast_ok(self) -> bool:
+        """What the fast path needs of the read side: the connection is open and not
+        broken, and nobody asked for exact receives (those replies are read by _pump)."""
+        return not self.closed and self._broken is None and not self._bulk
+
+    def _refresh_fast(self) -> None:
+        """Bring ``_fast`` up to date after a change of what it depends on (holding _cv)."""
+        self._fast = self._fast_ok()
 
     def _end_reading(self, e: BaseException) -> None:
         """The connection was closed: stop the event threads, fail every waiting call."""
@@ -353,6 +367,7 @@ class ReadSide:
         with self._cv:
             if self._broken is None:
                 self._broken = e
+                self._refresh_fast()
             err = e if isinstance(e, ProtocolError | ConnectionError) else \
                 ConnectionResetError(_errno.ECONNRESET, f"{self.url}: {e}")
             for rid in list(self._pending):

@@ -41,13 +41,12 @@ class Node(Proxy):
     # Each method below uses ``_handle`` directly when it is already the host's number
     # (always, but for a proxy opened inside a batch that has not run): the ``handle``
     # property, which resolves a Deferred, would cost a failing hasattr() on every call.
+    # read() passes ``_handle`` as it is: a Deferred exists only once a batch did, and
+    # then Client.call resolves Deferred arguments itself (its path off the fast one).
 
     def read(self, n: int) -> Any:
         """Up to ``n`` bytes, waiting up to ``timeout`` for the first one (TimeoutError)."""
-        h = self._handle
-        if type(h) is not int:
-            h = self.handle
-        return self.client.call("read", [h, n, self.timeout], None, n >= BULK_DIRECT)
+        return self.client.call("read", [self._handle, n, self.timeout], None, n >= BULK_DIRECT)
 
     def write(self, data: bytes | bytearray | memoryview) -> Any:
         """Write ``data``; returns the number of bytes the device took.

@@ -18,6 +18,8 @@ import pytest
 from bridge.client import Client
 from bridge.protocol import (
     HEADER,
+    Batch,
+    BatchReply,
     Call,
     Connection,
     Error,
@@ -61,6 +63,9 @@ class ScriptedHost:
             for msg in conn.receive(data):
                 if isinstance(msg, Hello):
                     self.sock.sendall(_frames(conn, Hello(info={"devices": []})))
+                elif isinstance(msg, Batch):  # every op's arguments back
+                    self.sock.sendall(_frames(conn, BatchReply(msg.id, [list(a) for _, a
+                                                                         in msg.ops])))
                 elif isinstance(msg, Call):
                     self.calls.append(msg)
                     for i, chunk in enumerate(self.script(msg, conn)):
@@ -261,3 +266,61 @@ def test_a_call_while_another_thread_reads(pair: tuple[Client, ScriptedHost]) ->
     reader.join(5)
     quick.join(5)
     assert out == {"slow": [1], "quick": [2]}
+
+
+def test_the_fast_flag_follows_what_it_stands_for(pair: tuple[Client, ScriptedHost]) -> None:
+    """call() tests one flag for the batch, exact receives, broken and closed conditions:
+    it must change with each of them, and each call must still be answered its own way."""
+    client, host = pair
+
+    def check() -> None:
+        assert client._fast == client._fast_ok()
+
+    check()
+    client.exact_receives(True)
+    check()
+    assert not client._fast
+    assert client.call("read", [1, 2, None]) == [1, 2, None]  # read by _pump, exactly
+    client.exact_receives(False)
+    check()
+    assert client.call("read", [1, 3, None]) == [1, 3, None]
+    assert client._pending == {}
+
+    with client.batch():
+        check()
+        d = client.call("read", [1, 4, None])  # a Deferred: nothing sent yet
+        assert not host.calls or host.calls[-1].args != [1, 4, None]
+    check()
+    assert not client._fast  # once a batch existed, calls look for one
+    assert d.result() == [1, 4, None]
+    assert client.call("read", [d, 5]) == [[1, 4, None], 5]  # a Deferred argument resolved
+    assert client._pending == {}
+
+    host.script = lambda call, conn: [HEADER.pack(3, 0) + b"\xc1\xc1\xc1"]
+    with pytest.raises(ProtocolError, match="malformed"):
+        client.call("read", [1, 6, None])
+    check()
+    with pytest.raises(ConnectionError, match="broken"):
+        client.call("read", [1, 7, None])
+
+    client.close()
+    check()
+    with pytest.raises(ConnectionAbortedError, match="closed"):
+        client.call("read", [1, 8, None])
+
+
+def test_a_call_after_the_connection_broke_unbatched(pair: tuple[Client, ScriptedHost]) -> None:
+    """The flag, not a per-call check, stops the fast path once the host hung up."""
+    client, host = pair
+    assert client.call("read", [1, 1, None]) == [1, 1, None]
+
+    def hang_up(call: Call, conn: Connection) -> list[bytes]:
+        host.sock.shutdown(socket.SHUT_WR)
+        return []
+
+    host.script = hang_up
+    with pytest.raises(ConnectionResetError):
+        client.call("read", [1, 2, None])
+    assert not client._fast
+    with pytest.raises(ConnectionError, match="broken"):
+        client.call("read", [1, 3, None])
