@@ -24,7 +24,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .messages import unpack_header
@@ -323,13 +323,7 @@ class ReadSide:
                     self._wake()
             return
         if isinstance(ev, Event):
-            for topic, handle, fn in self._direct:
-                if (topic is None or topic == ev.topic) and (handle is None or
-                                                             handle == ev.handle):
-                    try:
-                        fn(ev)
-                    except Exception:  # a handler's bug must not break the connection
-                        logging.getLogger("hwbridge.client").exception("event handler")
+            _dispatch(self._direct, ev)  # on this thread, in order with the replies
             if self._handlers:
                 self._events.put(ev)
             return
@@ -416,10 +410,15 @@ class ReadSide:
             ev = self._events.get()
             if ev is None:
                 return
-            for topic, handle, fn in list(self._handlers):
-                if (topic is None or topic == ev.topic) and (handle is None or
-                                                             handle == ev.handle):
-                    try:
-                        fn(ev)
-                    except Exception:  # a handler's bug must not stop event delivery
-                        logging.getLogger("hwbridge.client").exception("event handler")
+            _dispatch(list(self._handlers), ev)
+
+
+def _dispatch(handlers: Iterable[tuple[str | None, int | None, EventHandler]], ev: Event) -> None:
+    """Call each handler registered for ``ev``'s topic and handle. A handler's bug is
+    logged: it must neither break the connection nor stop the delivery of later events."""
+    for topic, handle, fn in handlers:
+        if (topic is None or topic == ev.topic) and (handle is None or handle == ev.handle):
+            try:
+                fn(ev)
+            except Exception:
+                logging.getLogger("hwbridge.client").exception("event handler")
