@@ -244,27 +244,27 @@ class Session:
             return False
         info, fn, where = bound
         handle = entry.handle
-        if where == LANE or handle.closed:
-            return False
-        if where & TAPPED:
-            return self._call_tapped(c, handle, info, where & ~TAPPED)
-        if (where == ASK or where == ASK_PROBE) and not handle.inline(c.op, args):
+        if handle.closed:
             return False
         try:
-            if where == INSTANT or where == ASK:
-                # The commonest arities spelled out: no args[1:] list, no star call.
-                result = fn(args[1], args[2]) if n == 3 else \
-                    fn(args[1], args[2], args[3]) if n == 4 else fn(*args[1:])
-            else:
+            if where == PROBE_FIRST or where == ASK_PROBE and handle.inline(c.op, args):
                 t = args[-1] if n > 1 else 0
                 if not (t is None or (type(t) is float or type(t) is int) and t > 0):
                     return False  # a timeout of 0 or a bad one: the general path
+                # The commonest arities spelled out: no args[1:] list, no star call.
                 try:
                     result = fn(args[1], PROBE) if n == 3 else \
                         fn(args[1], args[2], PROBE) if n == 4 else fn(*args[1:-1], PROBE)
                 except WouldBlock:
                     self._wait_on_thread(c, handle, info, args[1:-1], t)
                     return True
+            elif where == INSTANT or where == ASK and handle.inline(c.op, args):
+                result = fn(args[1], args[2]) if n == 3 else \
+                    fn(args[1], args[2], args[3]) if n == 4 else fn(*args[1:])
+            elif where & TAPPED:
+                return self._call_tapped(c, handle, info, where & ~TAPPED)
+            else:
+                return False  # LANE, or the handle says this call may wait
             if type(result) is Opened:
                 result = _registered(handle, result)
             self.reply(c.id, result)  # ValueError if the result exceeds the client's limit
