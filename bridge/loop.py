@@ -273,7 +273,7 @@ class Loop:
         conns = self.conns
         readable = self._readable
         monotonic = time.monotonic
-        write, ready = WRITE, READABLE
+        read, write, ready = READ, WRITE, READABLE
         wake = self._wake_r.fileno()
         next_sweep = monotonic() + SWEEP
         try:
@@ -281,7 +281,9 @@ class Loop:
                 for fd, ev in poll(SWEEP if conns else None):
                     c = conns.get(fd)
                     if c is not None:
-                        if ev & write and not c.flush():
+                        if ev == read:  # the common event: a request came
+                            readable(c)
+                        elif ev & write and not c.flush():
                             self.end(c)
                         elif ev & ready:
                             readable(c)
