@@ -153,6 +153,8 @@ class GPIO(Proxy):
         self._callbacks: list[Callable[[EdgeEvent], None]] = []
         self._listening = False
         self._handler = self._on_wire_event  # one bound method, so it can be removed
+        self._callback_handler = self._run_callbacks
+        self._due: collections.deque[EdgeEvent] = collections.deque()  # for the callbacks
 
     # -- chip ---------------------------------------------------------------------------
 
@@ -248,14 +250,20 @@ class GPIO(Proxy):
             return q.popleft()
 
     def on_event(self, callback: Callable[[EdgeEvent], None]) -> None:
-        """Call ``callback(event)`` for every edge event of this chip (event thread)."""
+        """Call ``callback(event)`` for every edge event of this chip, in order, on the
+        client's event thread (a callback may call the client)."""
+        if not self._callbacks:
+            self.client.on_event(self._callback_handler, EVENT_TOPIC)
         self._callbacks.append(callback)
         self._listen()
 
     def _listen(self) -> None:
         if not self._listening:
             self._listening = True
-            self.client.on_event(self._handler, EVENT_TOPIC)
+            # Storing an event is short and calls nothing, so it runs on the thread that
+            # received it: wait_event() wakes with no hand-off to the event thread (an edge
+            # a write raises is queued by the time the write returns).
+            self.client.on_event(self._handler, EVENT_TOPIC, direct=True)
 
     def _on_wire_event(self, ev: WireEvent) -> None:
         with self._cv:
@@ -267,8 +275,18 @@ class GPIO(Proxy):
             self._queues.setdefault(event.line, collections.deque(maxlen=QUEUE_LIMIT)
                                     ).append(event)
             self._cv.notify_all()
-        for cb in list(self._callbacks):
-            cb(event)
+            if self._callbacks:
+                self._due.append(event)
+
+    def _run_callbacks(self, _ev: object = None) -> None:
+        """Call the callbacks for the events stored since (on the event thread)."""
+        while True:
+            with self._cv:
+                if not self._due:
+                    return
+                event = self._due.popleft()
+            for cb in list(self._callbacks):
+                cb(event)
 
     # -- plumbing -----------------------------------------------------------------------
 
@@ -301,6 +319,8 @@ class GPIO(Proxy):
                                     [e for e in self._orphans if e.handle != h])
         for ev in early:
             self._on_wire_event(ev)
+        if early:
+            self._run_callbacks()  # their own turn on the event thread may have passed
 
     def _request(self, line: int) -> Any:
         req = self._requests[line]
@@ -319,6 +339,7 @@ class GPIO(Proxy):
             return
         self.closed = True
         self.client.remove_handler(self._handler)
+        self.client.remove_handler(self._callback_handler)
         handles = [self._resolved(r) for r in self._requests.values() if r is not None]
         self._requests.clear()
         with self.client.batch():

@@ -136,6 +136,27 @@ def test_on_event_callback(chip: GPIO) -> None:
                                                          (1, Edge.FALLING, 2)]
 
 
+def test_an_edge_a_write_raises_is_queued_when_the_write_returns(chip: GPIO) -> None:
+    # The host pushes the edge before the write's reply, and the proxy stores pushed
+    # events on the thread that receives them: no hand-off to the event thread, so the
+    # event is there to poll (timeout 0) as soon as write() returns, every time.
+    calls: list[EdgeEvent] = []
+    chip.on_event(calls.append)  # callbacks still run, on the event thread
+    chip.configure(0, Direction.OUT)
+    chip.configure(1, Direction.IN, Edge.BOTH)
+    level = False
+    for i in range(50):
+        level = not level
+        chip.write(0, level)
+        ev = chip.wait_event(1, 0)
+        assert ev is not None, f"edge {i + 1} was not queued when write() returned"
+        assert ev.edge is (Edge.RISING if level else Edge.FALLING)
+    deadline = time.monotonic() + WAIT
+    while len(calls) < 50 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [e.seqno for e in calls] == list(range(1, 51))
+
+
 def test_reconfigure_enables_edges(chip: GPIO) -> None:
     chip.configure(0, Direction.OUT)
     chip.configure(1, Direction.IN)
