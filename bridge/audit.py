@@ -131,3 +131,19 @@ def install(host: Any) -> AuditLog | None:
     host.leases.audit = lease
     host.shares.audit = revoke
     return log
+
+
+def failure_record(e: BaseException, op: str, args: Sequence[Any]
+                   ) -> tuple[str, str, bool, int] | None:
+    """(event, detail, allowed, errno) of the audit line for a failed ``op``: every
+    denial, and every failed open or adoption; None for other failures."""
+    allowed, err = outcome(e)
+    if allowed and op not in ("open", "adopt"):
+        return None
+    event = op if op in ("open", "ioctl", "call", "share", "adopt", "revoke") else "op"
+    detail = str(e.strerror if isinstance(e, OSError) and e.strerror else e)
+    if op in ("ioctl", "call") and len(args) > 1:
+        detail = f"{describe(op, args[1:])}: {detail}"
+    elif op == "open" and len(args) > 1:
+        detail = f"access={args[1]}: {detail}"
+    return event, detail, allowed, err

@@ -1,7 +1,7 @@
 # One client connection's state on the device host: its handle table and the dispatch of
 # calls and batches to device handles. Owns capability checks (only manifest devices, only
 # the rights granted, only the operations a kind declares) and the mapping of exceptions to
-# errno replies. Must not know about sockets: the transport hands it messages and a send
+# errno replies; how one op runs is bridge/opcall.py. Must not know about sockets: the transport hands it messages and a send
 # function, so it is driven directly in tests.
 from __future__ import annotations
 
@@ -12,15 +12,30 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from .audit import describe, outcome
+from .audit import failure_record
 from .backend import Access, DeviceHandle, NodeHandle, Opened, OpInfo
 from .host import Host
 from .leases import OPS as _LEASE_OPS
 from .manifest import DeviceSpec
-from .protocol import Batch, BatchError, BatchReply, Call, Error, Event, Message, Ref, Reply
+from .opcall import (
+    ASK,
+    ASK_PROBE,
+    INSTANT,
+    LANE,
+    PROBE_FIRST,
+    TAPPED,
+    Entry,
+    arity,
+    close_quietly,
+    deref,
+    errno_of,
+    invoke,
+    registered,
+    timeout_arg,
+)
+from .protocol import Batch, BatchError, BatchReply, Call, Error, Event, Message, Reply
 from .shares import OPS as _SHARE_OPS
 from .shares import Share
-from .tap import Tap
 from .timeout import PROBE, Deadline, WouldBlock
 
 log = logging.getLogger("hwbridge.session")
@@ -28,49 +43,6 @@ log = logging.getLogger("hwbridge.session")
 MAX_HANDLES = 1024
 MAX_WAITING = 64  # operations of one connection waiting on a thread at once
 NOW = Deadline(0)  # core ops that could wait (lease) do not, unless the caller says so
-
-# Where the event loop may run an op (bridge/loop.py), decided once per handle and op:
-PROBE_FIRST = 0  # a blocking op: its probe never waits (a wait moves to a thread)
-INSTANT = 1  # the handle says the op returns at once (DeviceHandle.INLINE, INLINE_ALL)
-ASK = 2  # the handle decides per call (DeviceHandle.inline: posix ioctls by request)
-LANE = 3  # never on the loop (a tap, or an op that may sleep)
-ASK_PROBE = 4  # a blocking op whose probe the handle allows per call (PROBE_ASK)
-TAPPED = 8  # added to the above under a tap (record, faults, audit): it decides per call
-
-
-def _where(handle: DeviceHandle, info: OpInfo) -> int:
-    if handle._tap is not None:
-        return TAPPED | _where_untapped(handle, info)
-    return _where_untapped(handle, info)
-
-
-def _where_untapped(handle: DeviceHandle, info: OpInfo) -> int:
-    if info.blocking:
-        return ASK_PROBE if info.name in handle.PROBE_ASK else PROBE_FIRST
-    if handle.INLINE_ALL or info.name in handle.INLINE:
-        return INSTANT
-    return ASK if type(handle).inline is not DeviceHandle.inline else LANE
-
-
-class _Entry:
-    """A handle in a connection's table, with its allowed operations bound once."""
-
-    __slots__ = ("handle", "access", "ops", "fenced", "shares", "origin")
-
-    def __init__(self, handle: DeviceHandle, access: Access) -> None:
-        self.handle = handle
-        self.access = access
-        self.fenced: str | None = None  # why the handle's lease was lost (bridge/leases.py)
-        self.shares: list[Share] | None = None  # tokens made from this handle (shares.py)
-        self.origin: Share | None = None  # the token this handle was adopted through
-        # op name -> (table entry, bound method, where it may run), only for ops the granted
-        # access allows: the hot path is then one dict lookup, no Flag arithmetic, no getattr.
-        self.ops: dict[str, tuple[OpInfo, Callable[..., Any], int]] = {
-            name: (info, getattr(handle, info.method), _where(handle, info))
-            for name, info in type(handle).OPS.items()
-            if not (info.access & ~access)
-        }
-
 
 class Session:
     """The per-connection handle table and dispatcher."""
@@ -83,7 +55,7 @@ class Session:
         self.reply: Callable[[int, Any], None] = (
             reply if reply is not None else lambda rid, result: send(Reply(rid, result)))
         self.peer = peer
-        self.handles: dict[int, _Entry] = {}
+        self.handles: dict[int, Entry] = {}
         self._next = 1
         self._lock = threading.Lock()
         self._waiting = 0
@@ -114,7 +86,7 @@ class Session:
         for e in entries:
             if e.shares or e.origin:
                 self._forget(e, f"{e.handle.spec.name}: the connection that shared it ended")
-            _close_quietly(e.handle)
+            close_quietly(e.handle)
         self.host.leases.drop(self)
 
     def device_list(self) -> list[dict[str, Any]]:
@@ -142,7 +114,7 @@ class Session:
 
     # -- capability tokens (bridge/shares.py) ---------------------------------------------
 
-    def entry(self, hid: object) -> _Entry:
+    def entry(self, hid: object) -> Entry:
         """The live entry of handle ``hid``: EBADF if there is none, ESTALE if fenced."""
         entry = self.handles.get(hid) if type(hid) is int else None
         if entry is None:
@@ -177,18 +149,18 @@ class Session:
                         f"{share.owner.principal}@{share.owner.peer}", True, 0)
         return hid
 
-    def revoked(self, entry: _Entry, why: str) -> None:
+    def revoked(self, entry: Entry, why: str) -> None:
         """Fence ``entry`` for good (its token is gone) and close its device."""
         with self._lock:
             entry.ops = {}
             entry.fenced = why
-        _close_quietly(entry.handle)
+        close_quietly(entry.handle)
         if self.host.audit is not None:
             self._audit("share", "fence", entry.handle.spec.name, why, False, errno.ESTALE)
         if entry.shares:
             self._forget(entry, why)
 
-    def _forget(self, entry: _Entry, why: str) -> None:
+    def _forget(self, entry: Entry, why: str) -> None:
         """``entry`` is going away: revoke the tokens made from it, leave its own token."""
         shares, entry.shares = entry.shares or [], None
         for share in shares:
@@ -215,16 +187,9 @@ class Session:
     def _audit_error(self, e: BaseException, op: str, args: Sequence[Any],
                      device: str) -> None:
         """Every denial, and every failed open or adoption."""
-        allowed, err = outcome(e)
-        if allowed and op not in ("open", "adopt"):
-            return
-        event = op if op in ("open", "ioctl", "call", "share", "adopt", "revoke") else "op"
-        detail = str(e.strerror if isinstance(e, OSError) and e.strerror else e)
-        if op in ("ioctl", "call") and len(args) > 1:
-            detail = f"{describe(op, args[1:])}: {detail}"
-        elif op == "open" and len(args) > 1:
-            detail = f"access={args[1]}: {detail}"
-        self._audit(event, op, device, detail, allowed, err)
+        record = failure_record(e, op, args)
+        if record is not None:
+            self._audit(record[0], op, device, record[1], record[2], record[3])
 
     # -- calls ----------------------------------------------------------------------------
 
@@ -266,7 +231,7 @@ class Session:
             else:
                 return False  # LANE, or the handle says this call may wait
             if type(result) is Opened:
-                result = _registered(handle, result)
+                result = registered(handle, result)
             self.reply(c.id, result)  # ValueError if the result exceeds the client's limit
         except Exception as e:
             self.send(Error(c.id, *self._error(e, c.op, c.args)))
@@ -282,13 +247,13 @@ class Session:
             return False
         try:
             if where == INSTANT or where == ASK:
-                result = _invoke(handle, info, args[1:], None)
+                result = invoke(handle, info, args[1:], None)
             else:
                 t = args[-1] if len(args) > 1 else 0
                 if not (t is None or (type(t) is float or type(t) is int) and t > 0):
                     return False  # a timeout of 0 or a bad one: the general path
                 try:
-                    result = _invoke(handle, info, args[1:-1], PROBE)
+                    result = invoke(handle, info, args[1:-1], PROBE)
                 except WouldBlock:
                     self._wait_on_thread(c, handle, info, args[1:-1], t)
                     return True
@@ -309,7 +274,8 @@ class Session:
                     try:
                         result = self._core(c.op, c.args, PROBE)
                     except WouldBlock:
-                        self._wait_on_thread(c, None, None, c.args, _timeout(c.args[2:3] or [None]))
+                        t = timeout_arg(c.args[2:3] or [None])
+                        self._wait_on_thread(c, None, None, c.args, t)
                         return
                     self.send(Reply(c.id, result))
                     return
@@ -317,14 +283,14 @@ class Session:
                 return
             handle, info, args = target
             if not info.blocking:
-                self.send(Reply(c.id, _invoke(handle, info, args, None)))
+                self.send(Reply(c.id, invoke(handle, info, args, None)))
                 return
-            timeout = _timeout(args)
+            timeout = timeout_arg(args)
             try:
-                result = _invoke(handle, info, args[:-1], PROBE)
+                result = invoke(handle, info, args[:-1], PROBE)
             except WouldBlock:
                 if timeout == 0:
-                    result = _invoke(handle, info, args[:-1], Deadline(0))
+                    result = invoke(handle, info, args[:-1], Deadline(0))
                 else:
                     self._wait_on_thread(c, handle, info, args[:-1], timeout)
                     return
@@ -339,7 +305,7 @@ class Session:
         def run() -> None:
             try:
                 msg: Message = Reply(c.id, self._core(c.op, args, deadline) if info is None
-                                     else _invoke(handle, info, args, deadline))  # type: ignore[arg-type]
+                                     else invoke(handle, info, args, deadline))  # type: ignore[arg-type]
             except Exception as e:
                 msg = Error(c.id, *self._error(e, c.op, c.args))
             if not self.closed:
@@ -369,23 +335,23 @@ class Session:
         for i in range(start, len(b.ops)):
             op, raw = b.ops[i]
             try:
-                args = [_deref(a, results, i) for a in raw]
+                args = [deref(a, results, i) for a in raw]
                 target = self._resolve(op, args)
                 if target is None:
                     results.append(self._core(op, args))
                     continue
                 handle, info, hargs = target
                 if not info.blocking:
-                    results.append(_invoke(handle, info, hargs, None))
+                    results.append(invoke(handle, info, hargs, None))
                     continue
-                timeout = _timeout(hargs)
+                timeout = timeout_arg(hargs)
                 try:
-                    results.append(_invoke(handle, info, hargs[:-1], PROBE))
+                    results.append(invoke(handle, info, hargs[:-1], PROBE))
                 except WouldBlock:
                     if timeout == 0:
-                        results.append(_invoke(handle, info, hargs[:-1], Deadline(0)))
+                        results.append(invoke(handle, info, hargs[:-1], Deadline(0)))
                     elif on_thread:
-                        results.append(_invoke(handle, info, hargs[:-1], Deadline(timeout)))
+                        results.append(invoke(handle, info, hargs[:-1], Deadline(timeout)))
                     else:
                         self._on_thread("hwbridge-batch",
                                         functools.partial(self._batch, b, i, results, True))
@@ -434,9 +400,9 @@ class Session:
                 self._audit_share(args)
             return result
         if op == "open":
-            return self._open(*_arity(op, args, 1, 2))
+            return self._open(*arity(op, args, 1, 2))
         if op == "close":
-            (hid,) = _arity(op, args, 1, 1)
+            (hid,) = arity(op, args, 1, 1)
             with self._lock:
                 entry = self.handles.pop(hid, None) if type(hid) is int else None
             if entry is None:
@@ -446,10 +412,10 @@ class Session:
             entry.handle.close()
             return None
         if op == "devices":
-            _arity(op, args, 0, 0)
+            arity(op, args, 0, 0)
             return self.device_list()
         if op == "info":
-            (name,) = _arity(op, args, 1, 1)
+            (name,) = arity(op, args, 1, 1)
             spec = self._spec(name)
             return {**spec.public(), **self.host.backend(spec.backend).describe(spec)}
         raise AssertionError(op)
@@ -493,14 +459,14 @@ class Session:
             handle._tap = self.host.tap
         with self._lock:
             if len(self.handles) >= self.max_handles:
-                _close_quietly(handle)
+                close_quietly(handle)
                 raise OSError(errno.EMFILE, f"more than {self.max_handles} open handles")
             if self.closed:
-                _close_quietly(handle)
+                close_quietly(handle)
                 raise OSError(errno.ECONNRESET, "connection closed")
             hid = self._next
             self._next += 1
-            self.handles[hid] = _Entry(handle, want)
+            self.handles[hid] = Entry(handle, want)
         handle.attach(lambda topic, payload: self._event(topic, hid, payload))
         return hid
 
@@ -522,72 +488,11 @@ class Session:
             where = f"{device}: {op}"
         if self.host.audit is not None:
             self._audit_error(e, op, args, device)
-        if isinstance(e, OSError) and e.errno:
-            return e.errno, f"{where}: {e.strerror or e}"
-        if isinstance(e, TimeoutError):
-            return errno.ETIMEDOUT, f"{where}: timed out"
-        if isinstance(e, ValueError | TypeError):
-            return errno.EINVAL, f"{where}: {e}"
+        known = errno_of(e, where)
+        if known is not None:
+            return known
         log.exception("unexpected error in %s from %s", op, self.peer)
         return errno.EIO, f"{where}: internal error: {type(e).__name__}: {e}"
 
 
 _CORE_OPS = frozenset({"open", "close", "devices", "info"}) | _LEASE_OPS | _SHARE_OPS
-
-
-def _invoke(handle: DeviceHandle, info: OpInfo, args: Sequence[Any],
-            deadline: Deadline | None) -> Any:
-    fn = getattr(handle, info.method)
-    if handle.closed:
-        raise OSError(errno.EBADF, "handle is closed")
-    tap: Tap | None = handle._tap
-    if tap is not None:
-        result = tap.call(handle, info, args, deadline,
-                          lambda a, d: fn(*a) if d is None else fn(*a, d))
-    else:
-        result = fn(*args) if deadline is None else fn(*args, deadline)
-    if isinstance(result, Opened):
-        return _registered(handle, result)
-    return result
-
-
-def _registered(handle: DeviceHandle, result: Opened) -> int:
-    """Register a handle an operation created, in the connection that owns ``handle``."""
-    session: Session | None = getattr(handle, "_session", None)
-    if session is None:
-        _close_quietly(result.handle)
-        raise OSError(errno.EBADF, "handle is not attached to a connection")
-    return session._register(result.handle, result.access)
-
-
-def _timeout(args: Sequence[Any]) -> float | None:
-    if not args:
-        raise ValueError("a blocking operation needs a timeout as its last argument")
-    t = args[-1]
-    if t is None:
-        return None
-    if type(t) not in (int, float) or not t >= 0:
-        raise ValueError(f"timeout must be None or >= 0 seconds, not {t!r}")
-    return float(t)
-
-
-def _arity(op: str, args: Sequence[Any], lo: int, hi: int) -> Sequence[Any]:
-    if not lo <= len(args) <= hi:
-        raise TypeError(f"{op} takes {lo}..{hi} arguments, got {len(args)}")
-    return args
-
-
-def _deref(a: Any, results: list[Any], i: int) -> Any:
-    if isinstance(a, Ref):
-        if not 0 <= a.index < i:
-            raise ValueError(f"operation {i} refers to the result of operation {a.index}, "
-                             "which does not come before it")
-        return results[a.index]
-    return a
-
-
-def _close_quietly(h: DeviceHandle) -> None:
-    try:
-        h.close()
-    except Exception:
-        log.exception("closing %s", h.spec.name)
