@@ -1,8 +1,8 @@
 # One client connection's state on the device host: its handle table and the dispatch of
 # calls and batches to device handles. Owns capability checks (only manifest devices, only
 # the rights granted, only the operations a kind declares) and the mapping of exceptions to
-# errno replies; how one op runs is bridge/opcall.py. Must not know about sockets: the transport hands it messages and a send
-# function, so it is driven directly in tests.
+# errno replies; how one op runs is bridge/opcall.py. Must not know about sockets: the
+# transport hands it messages and a send function, so it is driven directly in tests.
 from __future__ import annotations
 
 import errno
