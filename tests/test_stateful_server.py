@@ -9,6 +9,7 @@ code under test. Invariants: every result and errno matches the model; only OSEr
 subclasses and ProtocolError ever reach the client; a handle the model says is not open on a
 connection gives EBADF there; the host's fd count equals baseline + live connections + open
 real-node handles, so it returns to its baseline once every connection is gone.
+The model's pieces (devices, the kernel oracle, expected outcomes) are tests/stateful_model.py.
 Fast profile in `make test`; HWBRIDGE_FUZZ=long (`make fuzz`) runs many more steps."""
 from __future__ import annotations
 
@@ -22,8 +23,7 @@ import termios
 import time
 import tty
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -39,57 +39,35 @@ from hypothesis.stateful import (
 )
 
 import bridge
-from bridge.client import Client
-from bridge.protocol import HEADER, Call, Connection, Hello, ProtocolError, Ref, Role
-from bridge.testing import ServerProc, start_server
+from bridge.protocol import HEADER, Call, Hello, ProtocolError, Ref
+from bridge.testing import start_server
 from bridge.url import parse_url
+
+from .stateful_model import (
+    CODES,
+    DEVICES,
+    PATHS,
+    SIZES,
+    Bench,
+    Conn,
+    Err,
+    Ok,
+    Pty,
+    eq,
+    fionread,
+    frames,
+    is_handle,
+    kernel,
+    manifest,
+    settle,
+)
 
 LONG = os.environ.get("HWBRIDGE_FUZZ") == "long"
 PROFILE = settings(max_examples=1000 if LONG else 100, stateful_step_count=60 if LONG else 30,
                    deadline=None, suppress_health_check=list(HealthCheck))
 MAX_CONNS = 3
 SEEN: Counter[str] = Counter()  # outcomes met, printed at the end: what the run covered
-SETTLE = 10.0  # seconds the host gets to close what a gone connection held
 
-# name -> (backend, access the manifest grants, allowed ioctls)
-DEVICES: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "null": ("posix", "rw", ("FIONREAD",)),
-    "zero": ("posix", "r", ()),
-    "full": ("posix", "rw", ()),
-    "pty": ("posix", "rw", ("TCGETS", "TIOCGWINSZ", "FIONREAD")),
-    "simzero": ("sim", "rw", ("FIONREAD",)),
-    "simnull": ("sim", "rw", ()),
-}
-PATHS = {"null": "/dev/null", "zero": "/dev/zero", "full": "/dev/full"}
-SIZES = {"TCGETS": 36, "TIOCGWINSZ": 8, "FIONREAD": 4}
-CODES = {"TCGETS": termios.TCGETS, "TIOCGWINSZ": termios.TIOCGWINSZ,
-         "FIONREAD": termios.FIONREAD}
-
-
-def _manifest(pty_path: str) -> str:
-    out = []
-    for name, (backend, access, ioctls) in DEVICES.items():
-        where = (f'sim = "{name[3:]}"' if backend == "sim" else
-                 f'path = "{PATHS.get(name, pty_path)}"')
-        out.append(f'[devices.{name}]\nkind = "node"\n{where}\naccess = "{access}"\n'
-                   f"ioctls = {list(ioctls)!r}\n".replace("'", '"'))
-    return "\n".join(out)
-
-
-@dataclass
-class Pty:
-    master: int
-    slave: int
-    path: str
-
-
-@dataclass
-class Bench:
-    """The server and the kernel objects one test run shares across examples."""
-
-    server: ServerProc
-    pty: Pty
-    baseline: int
 
 
 @pytest.fixture(scope="module")
@@ -99,72 +77,13 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bench]:
     fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
     os.set_blocking(master, False)
     pty = Pty(master, slave, os.ttyname(slave))
-    with start_server(_manifest(pty.path), workdir=tmp_path_factory.mktemp("stateful")) as s:
+    with start_server(manifest(pty.path), workdir=tmp_path_factory.mktemp("stateful")) as s:
         with bridge.connect(s.url) as warm:  # every backend loaded, every path pinned
             for name in DEVICES:
                 warm.call("close", [warm.call("open", [name])])
-        yield Bench(s, pty, _settle(s, lambda: None, None))
+        yield Bench(s, pty, settle(s, lambda: None, None))
     os.close(master)
     os.close(slave)
-
-
-def _settle(server: ServerProc, check: Callable[[], None], want: int | None) -> int:
-    """Wait (bounded) until the host's fd count is ``want`` (or stops changing)."""
-    end = time.monotonic() + SETTLE
-    last, stable = -1, 0
-    while time.monotonic() < end:
-        n = server.fd_count()
-        if want is not None and n == want:
-            return n
-        stable = stable + 1 if n == last else 0
-        if want is None and stable >= 5:
-            return n
-        last = n
-        time.sleep(0.02)
-    check()
-    return server.fd_count()
-
-
-# -- expectations ---------------------------------------------------------------------------
-
-@dataclass
-class Ok:
-    """Success; ``check`` asserts the value and applies its effect to the model."""
-
-    check: Callable[[Any], None]
-
-
-@dataclass
-class Err:
-    errno: int
-
-
-@dataclass
-class Conn:
-    client: Client
-    handles: dict[int, tuple[str, str]] = field(default_factory=dict)  # id -> (device, access)
-    closed: set[int] = field(default_factory=set)  # numbers this connection closed
-
-
-def _kernel(name: str, access: str, fn: Callable[[int], Any]) -> Ok | Err:
-    """What the kernel does for ``fn`` on a fresh local fd of the same node."""
-    flags = {"r": os.O_RDONLY, "w": os.O_WRONLY, "rw": os.O_RDWR}[access]
-    fd = os.open(PATHS[name], flags | os.O_NONBLOCK)
-    try:
-        value = fn(fd)
-    except OSError as e:
-        return Err(e.errno or 0)
-    finally:
-        os.close(fd)
-    return Ok(lambda got: _eq(got, value))
-
-
-def _eq(got: Any, want: Any) -> None:
-    assert got == want, f"got {got!r}, the model says {want!r}"
-
-
-def _is_handle(got: Any) -> None:
-    assert type(got) is int, got
 
 
 class ServerMachine(RuleBasedStateMachine):
@@ -199,7 +118,7 @@ class ServerMachine(RuleBasedStateMachine):
                 return Err(errno.EACCES)
 
             def opened(got: Any) -> None:
-                _is_handle(got)
+                is_handle(got)
                 assert got not in conn.handles and got not in conn.closed, "number reused"
                 conn.handles[got] = (name, want)
             return Ok(opened)
@@ -209,7 +128,7 @@ class ServerMachine(RuleBasedStateMachine):
                 return Err(errno.EBADF)
 
             def closed(got: Any) -> None:
-                _eq(got, None)
+                eq(got, None)
                 del conn.handles[h]
                 conn.closed.add(h)
                 self.retired.append(h)
@@ -233,16 +152,16 @@ class ServerMachine(RuleBasedStateMachine):
         if type(n) is not int or n < 0:
             return Err(errno.EINVAL)
         if name in PATHS:
-            return _kernel(name, access, lambda fd: os.read(fd, n))
+            return kernel(name, access, lambda fd: os.read(fd, n))
         if name == "simzero":
-            return Ok(lambda got: _eq(got, bytes(n)))
+            return Ok(lambda got: eq(got, bytes(n)))
         if name == "simnull":
-            return Ok(lambda got: _eq(got, b""))
+            return Ok(lambda got: eq(got, b""))
         if n and not self.pending:
             return Err(errno.ETIMEDOUT)  # only ever asked with timeout 0 then
 
         def consumed(got: Any) -> None:
-            _eq(got, self.pending[:n])
+            eq(got, self.pending[:n])
             self.pending = self.pending[len(got):]
         return Ok(consumed)
 
@@ -252,12 +171,12 @@ class ServerMachine(RuleBasedStateMachine):
         if not isinstance(data, bytes):
             return Err(errno.EINVAL)
         if name in PATHS:
-            return _kernel(name, access, lambda fd: os.write(fd, data))
+            return kernel(name, access, lambda fd: os.write(fd, data))
         if name != "pty":
-            return Ok(lambda got: _eq(got, len(data)))
+            return Ok(lambda got: eq(got, len(data)))
 
         def wrote(got: Any) -> None:
-            _eq(got, len(data))
+            eq(got, len(data))
             self.to_master += data
         return Ok(wrote)
 
@@ -272,7 +191,7 @@ class ServerMachine(RuleBasedStateMachine):
         if arg is not None and len(arg) != size:
             return Err(errno.EINVAL)
         if name in PATHS:
-            return _kernel(name, access, lambda fd: [
+            return kernel(name, access, lambda fd: [
                 0, bytes(fcntl.ioctl(fd, CODES[req], bytes(size)))])
         if name != "pty":
             return Err(errno.ENOTTY)  # the sim nodes, like /dev/null
@@ -280,7 +199,7 @@ class ServerMachine(RuleBasedStateMachine):
             want = [0, struct.pack("i", len(self.pending))]
         else:
             want = [0, bytes(fcntl.ioctl(self.bench.pty.slave, CODES[req], bytes(size)))]
-        return Ok(lambda got: _eq(got, want))
+        return Ok(lambda got: eq(got, want))
 
     def run(self, conn: Conn, op: str, args: list[Any]) -> None:
         """One call on ``conn``, checked against the model."""
@@ -387,9 +306,9 @@ class ServerMachine(RuleBasedStateMachine):
         os.write(self.bench.pty.master, payload)
         self.pending += payload
         end = time.monotonic() + 5
-        while _fionread(self.bench.pty.slave) < len(self.pending) and time.monotonic() < end:
+        while fionread(self.bench.pty.slave) < len(self.pending) and time.monotonic() < end:
             time.sleep(0.001)
-        assert _fionread(self.bench.pty.slave) == len(self.pending)
+        assert fionread(self.bench.pty.slave) == len(self.pending)
 
     @precondition(lambda self: self.conns)
     @rule(data=st.data(), ops=st.lists(st.tuples(
@@ -445,7 +364,7 @@ class ServerMachine(RuleBasedStateMachine):
         conn = self.conns.pop(data.draw(st.integers(0, len(self.conns) - 1), label="conn"))
         sock = conn.client._sock
         if how.startswith("half"):
-            frame = _frames(Call(99, "write", [next(iter(conn.handles), 1), b"lost", None]))
+            frame = frames(Call(99, "write", [next(iter(conn.handles), 1), b"lost", None]))
             sock.sendall(frame[: data.draw(st.integers(1, len(frame) - 1), label="cut")])
         if how.endswith("reset"):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -457,9 +376,9 @@ class ServerMachine(RuleBasedStateMachine):
         """A raw peer says hello, sends part of a frame and vanishes."""
         u = parse_url(self.bench.server.url)
         with socket.create_connection((u.host, u.port), timeout=10) as s:
-            frame = _frames(Call(1, "open", ["null"])) + HEADER.pack(50, 0)
+            frame = frames(Call(1, "open", ["null"])) + HEADER.pack(50, 0)
             cut = data.draw(st.integers(0, len(frame) - 1), label="cut")
-            s.sendall(_frames(Hello()) + frame[:cut])
+            s.sendall(frames(Hello()) + frame[:cut])
             if reset:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
@@ -473,7 +392,7 @@ class ServerMachine(RuleBasedStateMachine):
         """baseline + one socket per live connection + one fd per open real-node handle."""
         want = self.bench.baseline + len(self.conns) + sum(
             DEVICES[name][0] == "posix" for c in self.conns for name, _ in c.handles.values())
-        got = _settle(self.bench.server, lambda: None, want)
+        got = settle(self.bench.server, lambda: None, want)
         assert got == want, f"host holds {got} fds, the model says {want}"
 
     # -- invariants and teardown ----------------------------------------------------------
@@ -503,18 +422,8 @@ class ServerMachine(RuleBasedStateMachine):
             os.read(self.bench.pty.master, 4096)
         self.pending = self.to_master = b""
         base = self.bench.baseline
-        got = _settle(self.bench.server, lambda: None, base)
+        got = settle(self.bench.server, lambda: None, base)
         assert got == base, f"host holds {got} fds after every connection left ({base} before)"
-
-
-def _fionread(fd: int) -> int:
-    n: int = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, bytes(4)))[0]
-    return n
-
-
-def _frames(*msgs: Any) -> bytes:
-    c = Connection(Role.CLIENT)
-    return b"".join(bytes(b) for m in msgs for b in c.send(m))
 
 
 def test_stateful_server_matches_model(bench: Bench) -> None:
