@@ -22,9 +22,9 @@ max_frame = 16384
 max_connections_per_principal = 3
 max_handles = 3
 max_in_flight = 2
-handshake_timeout = 0.5
+handshake_timeout = 1.0  # room for a loaded CI machine; the trickle below outlasts it
 frame_timeout = 0.5
-idle_timeout = 1.0
+idle_timeout = 2.0  # above the handshake trickle, so the witness stays
 
 [devices.uart0]
 kind = "serial"
@@ -155,8 +155,8 @@ def test_handshake_deadline(server: ServerProc, witness: bridge.Client) -> None:
     hello = _hello_bytes()
     slow.sendall(hello[:3])
     start = time.monotonic()
-    for i in range(3, 8):  # trickle: each byte inside the deadline, the whole not
-        time.sleep(0.15)
+    for i in range(3, 14):  # trickle: each byte inside the deadline, the whole (1.3 s) not
+        time.sleep(0.12)
         try:
             slow.sendall(hello[i:i + 1])
         except OSError:
@@ -182,8 +182,8 @@ def test_frame_deadline(server: ServerProc, witness: bridge.Client) -> None:
 def test_idle_deadline_spares_a_waiting_client(server: ServerProc) -> None:
     with bridge.connect(server.url) as idle, bridge.connect(server.url) as busy:
         h = busy.call("open", ["uart0"])
-        p = busy.submit("read", [h, 1, 2.0])  # waits 2 s on the host: not idle
-        time.sleep(1.6)
+        p = busy.submit("read", [h, 1, 3.0])  # waits 3 s on the host: not idle
+        time.sleep(2.6)  # past the idle deadline (2 s)
         with pytest.raises(TimeoutError):  # the host answered: the connection lived on
             busy.result(p)
         assert busy.devices()
