@@ -1,5 +1,6 @@
 # Core benchmarks of issue 2, each beside its floor in the same run:
 #   small op round trip (read 16 B of a posix /dev/zero node; an ioctl)  vs raw TCP echo 16 B
+#     with, for scale, a minimal Python host and client of the same frames (bench/minimal.py)
 #   bulk read 1 MiB x 256                                              vs raw socket stream
 #   100 dependent ops in one batch through a 10 ms-RTT delaying proxy  vs one RTT
 #   8 client threads x 2,000 small ops                                 vs raw echo, 8 threads
@@ -21,6 +22,7 @@ from collections.abc import Iterator
 import bridge
 
 from .common import Row, echo_client, echo_once, echo_server, per_op, start_server
+from .minimal import minimal_pair
 
 MANIFEST = """
 [devices.zero]
@@ -134,22 +136,31 @@ def run() -> list[Row]:
     master, slave = os.openpty()
     srv = start_server(MANIFEST.format(pty=os.ttyname(slave)))
     try:
-        with echo_server() as addr, bridge.connect(srv.url) as host:
+        with echo_server() as addr, bridge.connect(srv.url) as host, \
+                minimal_pair("epoll") as min_epoll, minimal_pair("blocking") as min_block:
             zero = host.open("zero")
             tty = host.open("tty")
             es = echo_client(addr)
             buf = bytearray(1 << 16)
             payload = b"x" * 16
             n = 3000
-            floor = rd = io = float("inf")
+            floor = rd = io = ref_epoll = ref_block = float("inf")
             for _ in range(ROUNDS):  # alternating, so a change in load hits both alike
                 floor = min(floor, per_op(lambda: echo_once(es, payload, buf), n, repeat=3))
                 rd = min(rd, per_op(lambda: zero.read(16), n, repeat=3))
                 io = min(io, per_op(lambda: tty.ioctl("TIOCGWINSZ"), n, repeat=3))
+                ref_epoll = min(ref_epoll, per_op(min_epoll, n, repeat=3))
+                ref_block = min(ref_block, per_op(min_block, n, repeat=3))
             rows.append(Row("small op: read 16 B from /dev/zero node", rd * 1e6, floor * 1e6,
                             "us/op", "<= 1.5x"))
             rows.append(Row("small op: ioctl TIOCGWINSZ on a pty", io * 1e6, floor * 1e6,
                             "us/op", "<= 1.5x"))
+            # bench/minimal.py: the same read with no features at all, for scale
+            rows.append(Row("  reference: minimal Python pair, epoll host", ref_epoll * 1e6,
+                            floor * 1e6, "us/op", "", note="bench/minimal.py"))
+            rows.append(Row("  reference: minimal Python pair, blocking host",
+                            ref_block * 1e6, floor * 1e6, "us/op", "",
+                            note="bench/minimal.py"))
 
             # bulk: 256 reads of 1 MiB, pipelined 4 deep, vs a raw stream of 256 MiB
             mib = 256

@@ -1,0 +1,75 @@
+# The reference for the small-op goal: the least a Python host and client can do per call
+# with hwbridge's frames (u32 body length | u32 data length | msgpack [1, id, op, args],
+# replied to with [2, id, result]). No hello, no handle table, no rights, no argument
+# checks, no deadlines, no thread safety, no error replies: just receive, decode, os.read,
+# encode, send. Measured beside the raw echo in the same run, it shows how much of the
+# echo's ratio is Python itself on this machine, before any feature is paid for.
+#
+# Two hosts: one waiting with epoll (what a host serving many connections from one thread
+# does, like bridge/loop.py), one blocked in recv on its only connection (what a thread
+# per connection does, like the echo floor).
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+
+import msgpack
+
+_HOST = r"""
+import msgpack, os, select, socket, struct, sys
+H = struct.Struct(">II")
+ls = socket.socket(); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.bind(("127.0.0.1", 0)); ls.listen(4); print(ls.getsockname()[1], flush=True)
+c, _ = ls.accept(); c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+handles = {1: os.open("/dev/zero", os.O_RDONLY)}
+buf = bytearray(65536); view = memoryview(buf); pack = msgpack.Packer().pack
+ep = None
+if sys.argv[1] == "epoll":
+    c.setblocking(False); ep = select.epoll(); ep.register(c.fileno(), select.EPOLLIN)
+while True:
+    if ep is not None:
+        ep.poll()
+    n = c.recv_into(buf)
+    if not n:
+        break
+    _, rid, op, args = msgpack.unpackb(view[8:n])
+    raw = pack([2, rid, os.read(handles[args[0]], args[1])])
+    c.send(H.pack(len(raw), 0) + raw)
+"""
+
+_H = struct.Struct(">II")
+
+
+@contextlib.contextmanager
+def minimal_pair(wait: str) -> Iterator[Callable[[], bytes]]:
+    """A minimal host (``wait`` = "epoll" or "blocking") in its own process, and the
+    function that makes one call of it: read 16 bytes of /dev/zero."""
+    p = subprocess.Popen([sys.executable, "-c", _HOST, wait], stdout=subprocess.PIPE)
+    assert p.stdout is not None
+    s = socket.create_connection(("127.0.0.1", int(p.stdout.readline())))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buf = bytearray(65536)
+    view = memoryview(buf)
+    pack = msgpack.Packer().pack
+    ids = iter(range(1, 1 << 31))
+
+    def call() -> bytes:
+        raw = pack([1, next(ids), "read", [1, 16, None]])
+        s.send(_H.pack(len(raw), 0) + raw)
+        n = s.recv_into(buf)  # one reply frame of 27 bytes: always whole on loopback
+        data: bytes = msgpack.unpackb(view[8:n])[2]
+        return data
+
+    try:
+        if call() != bytes(16):
+            raise RuntimeError("the minimal host did not read /dev/zero")
+        yield call
+    finally:
+        s.close()
+        p.kill()
+        p.wait()
+        p.stdout.close()
