@@ -39,6 +39,20 @@ from .clock import clock
 
 Key = tuple[str, int]  # (chip name, line offset)
 
+# The flags as plain ints: `int & IntFlag` runs enum's Python __rand__ and builds a flag
+# object, microseconds per line on every read and write of a line.
+_ACTIVE_LOW = int(LineFlag.ACTIVE_LOW)
+_BIAS_PULL_DOWN = int(LineFlag.BIAS_PULL_DOWN)
+_BIAS_PULL_UP = int(LineFlag.BIAS_PULL_UP)
+_EDGE_FALLING = int(LineFlag.EDGE_FALLING)
+_EDGE_RISING = int(LineFlag.EDGE_RISING)
+_EVENT_CLOCK_REALTIME = int(LineFlag.EVENT_CLOCK_REALTIME)
+_INPUT = int(LineFlag.INPUT)
+_OUTPUT = int(LineFlag.OUTPUT)
+_USED = int(LineFlag.USED)
+_EDGE_FLAGS = int(EDGE_FLAGS)
+_RISING, _FALLING = int(EventId.RISING_EDGE), int(EventId.FALLING_EDGE)
+
 
 @dataclass
 class _Line:
@@ -64,6 +78,7 @@ class Board:
         self.lock = threading.RLock()
         self.chips: dict[str, _Chip] = {}
         self._parent: dict[Key, Key] = {}
+        self._wired: dict[Key, tuple[_Line, ...]] = {}  # level()'s nets, see _others
 
     def chip(self, spec: DeviceSpec) -> _Chip:
         """The chip of ``spec``, built (and wired) on first use."""
@@ -72,6 +87,7 @@ class Board:
             if c is None:
                 c = self._build(spec)
                 self.chips[spec.name] = c
+                self._wired.clear()  # new lines, new wires
             return c
 
     def _build(self, spec: DeviceSpec) -> _Chip:
@@ -117,26 +133,36 @@ class Board:
         c = self.chips.get(k[0])
         return c.lines[k[1]] if c is not None and k[1] < len(c.lines) else None
 
+    def _others(self, k: Key) -> tuple[_Line, ...]:
+        """The lines wired to ``k``, not ``k`` itself (of chips built so far): cached, as
+        wires change only when a chip is built."""
+        got = self._wired.get(k)
+        if got is None:
+            own = self._line(k)
+            lines = [self._line(m) for m in self._net(k)]
+            got = self._wired[k] = tuple(x for x in lines if x is not None and x is not own)
+        return got
+
     def level(self, k: Key) -> int:
         """The physical level of a line, from its net's driver or bias."""
         own = self._line(k)
-        if own is not None and own.flags & LineFlag.OUTPUT:
+        if own is not None and own.flags & _OUTPUT:
             return own.value
-        members = [(m, self._line(m)) for m in self._net(k)]
-        for _, ln in members:
-            if ln is not None and ln.flags & LineFlag.OUTPUT:
+        others = self._others(k)
+        for ln in others:
+            if ln.flags & _OUTPUT:
                 return ln.value
-        for ln in [own] + [x for _, x in members if x is not own]:
-            if ln is not None and ln.flags & LineFlag.BIAS_PULL_UP:
+        for ln in (own, *others) if own is not None else others:
+            if ln.flags & _BIAS_PULL_UP:
                 return 1
-            if ln is not None and ln.flags & LineFlag.BIAS_PULL_DOWN:
+            if ln.flags & _BIAS_PULL_DOWN:
                 return 0
         return 0
 
     def _watched(self) -> dict[Key, int]:
         return {(c.name, i): self.level((c.name, i)) for c in self.chips.values()
                 for i, ln in enumerate(c.lines)
-                if ln.request is not None and ln.flags & EDGE_FLAGS}
+                if ln.request is not None and ln.flags & _EDGE_FLAGS}
 
     def change(self, apply: Any) -> None:
         """Run ``apply()`` under the lock, then push edge events for lines whose level moved."""
@@ -150,12 +176,12 @@ class Board:
                     continue
                 ln = self._line(k)
                 assert ln is not None and ln.request is not None
-                active_low = 1 if ln.flags & LineFlag.ACTIVE_LOW else 0
+                active_low = 1 if ln.flags & _ACTIVE_LOW else 0
                 rising = (after ^ active_low) == 1
-                want = LineFlag.EDGE_RISING if rising else LineFlag.EDGE_FALLING
+                want = _EDGE_RISING if rising else _EDGE_FALLING
                 if ln.flags & want:
-                    eid = EventId.RISING_EDGE if rising else EventId.FALLING_EDGE
-                    ts = (time.time_ns() if ln.flags & LineFlag.EVENT_CLOCK_REALTIME
+                    eid = _RISING if rising else _FALLING
+                    ts = (time.time_ns() if ln.flags & _EVENT_CLOCK_REALTIME
                           else now_ns)
                     pending.append((ln.request, ln.request.next_event(k[1], ts, eid)))
         for req, ev in pending:
@@ -181,7 +207,7 @@ class SimGpioChip(GpioChip):
             raise OSError(errno.EINVAL, f"Invalid argument (no line {offset})")
         with BOARD.lock:
             ln = self.chip.lines[offset]
-            flags = ln.flags | LineFlag.USED if ln.request is not None else LineFlag.INPUT
+            flags = ln.flags | _USED if ln.request is not None else _INPUT
             return {"name": ln.name, "consumer": ln.consumer, "offset": offset,
                     "flags": int(flags), "debounce_period_us": ln.debounce_us}
 
@@ -232,9 +258,9 @@ class SimLineRequest(LineRequestHandle):
         for i, ln in enumerate(self._lines()):
             f = line_flags(flags, attrs, i)
             ln.flags = f
-            if f & LineFlag.OUTPUT:
+            if f & _OUTPUT:
                 logical = line_attr(attrs, AttrId.OUTPUT_VALUES, i) or 0
-                ln.value = logical ^ (1 if f & LineFlag.ACTIVE_LOW else 0)
+                ln.value = logical ^ (1 if f & _ACTIVE_LOW else 0)
             ln.debounce_us = line_attr(attrs, AttrId.DEBOUNCE, i) or 0
 
     def next_event(self, offset: int, ts: int, eid: int) -> list[int]:
@@ -257,7 +283,7 @@ class SimLineRequest(LineRequestHandle):
             for i in self._selected(mask):
                 ln = self.chip.lines[self.offsets[i]]
                 level = BOARD.level((self.chip.name, self.offsets[i]))
-                bits |= (level ^ (1 if ln.flags & LineFlag.ACTIVE_LOW else 0)) << i
+                bits |= (level ^ (1 if ln.flags & _ACTIVE_LOW else 0)) << i
             return bits
 
     def do_set(self, bits: int, mask: int) -> None:
@@ -266,11 +292,11 @@ class SimLineRequest(LineRequestHandle):
             chosen = self._selected(mask)
             lines = self._lines()
             for i in chosen:
-                if not lines[i].flags & LineFlag.OUTPUT:
+                if not lines[i].flags & _OUTPUT:
                     raise OSError(errno.EPERM, f"Operation not permitted (line "
                                                f"{self.offsets[i]} is an input)")
             for i in chosen:
-                al = 1 if lines[i].flags & LineFlag.ACTIVE_LOW else 0
+                al = 1 if lines[i].flags & _ACTIVE_LOW else 0
                 lines[i].value = (bits >> i & 1) ^ al
 
         BOARD.change(apply)
