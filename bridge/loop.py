@@ -80,6 +80,12 @@ class _Conn:
         self.last_rx = self.accepted
         self.rx = False  # bytes arrived since the last sweep
         self.frame_started: float | None = None
+        # While the loop thread runs one of this connection's calls, messages that call
+        # pushes from the loop thread (events its op raised, say a GPIO edge on a line the
+        # same client watches) are held and leave with the reply, in one send: the client
+        # then wakes once for both, not once per frame. See Loop._readable.
+        self.corked = False
+        self.held: list[bytes | memoryview] = []
         self.session = Session(loop.server.host, self.send, peer, reply=self.reply)
 
     # -- sending (any thread) -------------------------------------------------------------
@@ -89,7 +95,20 @@ class _Conn:
             if self.ended:
                 return
             bufs = self.conn.send(msg)
+            if self.corked and threading.get_ident() == self.loop.tid:
+                # Copied unless immutable: the op may reuse its buffer before the reply.
+                self.held += [b if type(b) is bytes else bytes(b) for b in bufs]
+                return
             self._write(bufs)
+        self._after_write()
+
+    def send_held(self) -> None:
+        """Send what a call that ran on the loop pushed and did not reply to (loop thread,
+        after the call)."""
+        with self.lock:
+            held, self.held = self.held, []
+            if not self.ended:
+                self._write(held)
         self._after_write()
 
     def reply(self, rid: int, result: Any) -> None:
@@ -97,7 +116,11 @@ class _Conn:
             if self.ended:
                 return
             raw = self.conn.reply_bytes(rid, result)
-            if raw is None:
+            if self.held:  # what this call pushed goes first, in the same send
+                held, self.held = self.held, []
+                self._write(held + (self.conn.send(Reply(rid, result)) if raw is None
+                                    else [raw]))
+            elif raw is None:
                 self._write(self.conn.send(Reply(rid, result)))
             elif self.out:
                 self._write([raw])
@@ -363,8 +386,14 @@ class Loop:
                     call = c.conn.call_in(self._rview, n)
                     if call is not MISS:  # one whole call: the hot path
                         c.rx = True
-                        if not c.session.call_inline(call):
-                            c.to_lane(call)
+                        c.corked = True
+                        try:
+                            if not c.session.call_inline(call):
+                                c.to_lane(call)
+                        finally:
+                            c.corked = False
+                            if c.held:
+                                c.send_held()
                         if c.out or c.lane_busy >= self.max_in_flight:
                             self.update(c)
                         return

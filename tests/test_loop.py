@@ -19,7 +19,7 @@ import bridge
 from bridge.host import Host
 from bridge.loop import WAIT_OUT
 from bridge.manifest import parse
-from bridge.protocol import NEED_DATA, Call, Connection, Error, Hello, Reply, Role
+from bridge.protocol import NEED_DATA, Call, Connection, Error, Event, Hello, Reply, Role
 from bridge.server import Server
 from bridge.session import Session
 
@@ -154,6 +154,40 @@ def test_pipelined_calls_answer_in_order_across_loop_and_lane() -> None:
             assert isinstance(ev, Reply), ev
             got.append(ev.id)
         assert got == [c.id for c in calls]
+
+
+class _Chatty(ZeroNode):
+    """/dev/zero whose write pushes two events before it returns (the second from a large
+    buffer it then overwrites) and whose ioctl pushes one and then fails."""
+
+    def write_nowait(self, data: bytes) -> int | None:
+        buf = bytearray(b"a" * 8192)  # a data section of its own on the wire
+        self.emit("chat", "first")
+        self.emit("chat", buf)
+        buf[:] = b"b" * 8192  # reused at once: what was pushed must not change
+        return len(data)
+
+    def do_ioctl(self, request: int, arg: int | bytearray) -> int:
+        self.emit("chat", "before the error")
+        raise OSError(5, "Input/output error")
+
+
+def test_events_an_inline_call_pushes_leave_with_its_reply() -> None:
+    """The loop holds what a call it runs pushes to the same client and sends it with the
+    reply, in one send: the events first, in order, as they were when pushed; a small
+    event and the call's error arrive in one receive."""
+    register("chatty-zero", _Chatty)
+    devices = {"chatty": {"kind": "node", "sim": "chatty-zero", "ioctls": ["TIOCEXCL"]}}
+    with _in_process(devices, "chatty") as (_, _, _, sock, conn, h):
+        sock.sendall(_frame(conn, Call(2, "write", [h, b"xy", None])))
+        got = [_next(sock, conn) for _ in range(3)]
+        assert got == [Event("chat", h, "first"), Event("chat", h, b"a" * 8192), Reply(2, 2)]
+
+        sock.sendall(_frame(conn, Call(3, "ioctl", [h, "TIOCEXCL", None])))
+        conn.receive_data(sock.recv(1 << 20))  # one receive: both frames, one small send
+        assert conn.next_event() == Event("chat", h, "before the error")
+        err = conn.next_event()
+        assert isinstance(err, Error) and (err.id, err.errno) == (3, 5)
 
 
 def test_a_slow_operation_stalls_no_other_connection(server: ServerProc) -> None:
