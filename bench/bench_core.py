@@ -144,24 +144,31 @@ def run() -> list[Row]:
     srv = start_server(MANIFEST.format(pty=os.ttyname(slave)))
     try:
         with echo_server() as addr, bridge.connect(srv.url) as host, \
+                bridge.connect(srv.url) as listening, \
                 minimal_pair("epoll") as min_epoll, minimal_pair("blocking") as min_block:
             zero = host.open("zero")
+            # a client that also listens for pushed events (as a serial port's does)
+            listening.on_event(lambda ev: None, "none")
+            zero_l = listening.open("zero")
             tty = host.open("tty")
             es = echo_client(addr)
             buf = bytearray(1 << 16)
             payload = b"x" * 16
             n = 3000
-            floor = rd = io = ref_epoll = ref_block = float("inf")
+            floor = rd = rd_l = io = ref_epoll = ref_block = float("inf")
             for _ in range(ROUNDS):  # alternating, so a change in load hits both alike
                 floor = min(floor, per_op(lambda: echo_once(es, payload, buf), n, repeat=3))
                 rd = min(rd, per_op(lambda: zero.read(16), n, repeat=3))
                 io = min(io, per_op(lambda: tty.ioctl("TIOCGWINSZ"), n, repeat=3))
+                rd_l = min(rd_l, per_op(lambda: zero_l.read(16), n, repeat=3))
                 ref_epoll = min(ref_epoll, per_op(min_epoll, n, repeat=3))
                 ref_block = min(ref_block, per_op(min_block, n, repeat=3))
             rows.append(Row("small op: read 16 B from /dev/zero node", rd * 1e6, floor * 1e6,
                             "us/op", "<= 1.5x"))
             rows.append(Row("small op: ioctl TIOCGWINSZ on a pty", io * 1e6, floor * 1e6,
                             "us/op", "<= 1.5x"))
+            rows.append(Row("small op: read 16 B, client with an event handler", rd_l * 1e6,
+                            floor * 1e6, "us/op", "", note="its background reader waits too"))
             # bench/minimal.py: the same read with no features at all, for scale
             rows.append(Row("  reference: minimal Python pair, epoll host", ref_epoll * 1e6,
                             floor * 1e6, "us/op", "", note="bench/minimal.py"))
