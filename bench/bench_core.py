@@ -17,12 +17,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import bridge
 
 from .common import Row, echo_client, echo_once, echo_server, per_op, start_server
-from .minimal import minimal_pair
+from .minimal import minimal_client, minimal_host
 
 MANIFEST = """
 [devices.zero]
@@ -145,7 +145,8 @@ def run() -> list[Row]:
     try:
         with echo_server() as addr, bridge.connect(srv.url) as host, \
                 bridge.connect(srv.url) as listening, \
-                minimal_pair("epoll") as min_epoll, minimal_pair("blocking") as min_block:
+                minimal_host("epoll") as min_port, minimal_client(min_port) as min_epoll, \
+                minimal_host("threads") as min_tport, minimal_client(min_tport) as min_block:
             zero = host.open("zero")
             # a client that also listens for pushed events (as a serial port's does)
             listening.on_event(lambda ev: None, "none")
@@ -172,7 +173,7 @@ def run() -> list[Row]:
             # bench/minimal.py: the same read with no features at all, for scale
             rows.append(Row("  reference: minimal Python pair, epoll host", ref_epoll * 1e6,
                             floor * 1e6, "us/op", "", note="bench/minimal.py"))
-            rows.append(Row("  reference: minimal Python pair, blocking host",
+            rows.append(Row("  reference: minimal Python pair, thread per conn.",
                             ref_block * 1e6, floor * 1e6, "us/op", "",
                             note="bench/minimal.py"))
 
@@ -195,7 +196,7 @@ def run() -> list[Row]:
                             mib / raw, "MiB/s", "", higher_is_better=True,
                             note="no framing: the copy a host of this node cannot skip"))
             es.close()
-            rows.extend(_threads(srv.url, addr))
+            rows.extend(_threads(srv.url, addr, min_port, min_tport))
         rows.append(_batch_over_delay(srv.url))
         rows.extend(_rss(srv.url))
     finally:
@@ -205,8 +206,15 @@ def run() -> list[Row]:
     return rows
 
 
-def _threads(url: str, addr: tuple[str, int]) -> list[Row]:
+def _threads(url: str, addr: tuple[str, int], min_port: int, min_tport: int) -> list[Row]:
     threads, ops = 8, 2000
+
+    def minimal(port: int) -> Callable[[], None]:
+        def run() -> None:
+            with minimal_client(port) as call:
+                for _ in range(ops):
+                    call()
+        return run
 
     def bridged() -> None:
         with bridge.connect(url) as h:
@@ -230,12 +238,18 @@ def _threads(url: str, addr: tuple[str, int]) -> list[Row]:
             th.join()
         return threads * ops / (time.perf_counter() - t)
 
-    r_raw = r_br = 0.0
+    r_raw = r_br = r_min = r_tmin = 0.0
     for _ in range(ROUNDS):
         r_raw = max(r_raw, rate(raw))
         r_br = max(r_br, rate(bridged))
+        r_min = max(r_min, rate(minimal(min_port)))
+        r_tmin = max(r_tmin, rate(minimal(min_tport)))
     return [Row("8 threads x 2,000 small ops (own connections)", r_br / 1000, r_raw / 1000,
-                "kcalls/s", ">= 0.8x", higher_is_better=True)]
+                "kcalls/s", ">= 0.8x", higher_is_better=True),
+            Row("  reference: minimal Python pair, epoll host", r_min / 1000, r_raw / 1000,
+                "kcalls/s", "", higher_is_better=True, note="bench/minimal.py"),
+            Row("  reference: minimal Python pair, thread per conn.", r_tmin / 1000,
+                r_raw / 1000, "kcalls/s", "", higher_is_better=True, note="bench/minimal.py")]
 
 
 def _batch_over_delay(url: str) -> Row:

@@ -1,13 +1,12 @@
-# The reference for the small-op goal: the least a Python host and client can do per call
+# The reference for the small-op goals: the least a Python host and client can do per call
 # with hwbridge's frames (u32 body length | u32 data length | msgpack [1, id, op, args],
 # replied to with [2, id, result]). No hello, no handle table, no rights, no argument
 # checks, no deadlines, no thread safety, no error replies: just receive, decode, os.read,
 # encode, send. Measured beside the raw echo in the same run, it shows how much of the
 # echo's ratio is Python itself on this machine, before any feature is paid for.
 #
-# Two hosts: one waiting with epoll (what a host serving many connections from one thread
-# does, like bridge/loop.py), one blocked in recv on its only connection (what a thread
-# per connection does, like the echo floor).
+# Two hosts: one thread waiting with epoll on every connection (what bridge/loop.py does),
+# or a thread per connection blocked in recv (what the echo floor does).
 from __future__ import annotations
 
 import contextlib
@@ -20,37 +19,63 @@ from collections.abc import Callable, Iterator
 import msgpack
 
 _HOST = r"""
-import msgpack, os, select, socket, struct, sys
+import msgpack, os, select, socket, struct, sys, threading
 H = struct.Struct(">II")
 ls = socket.socket(); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-ls.bind(("127.0.0.1", 0)); ls.listen(4); print(ls.getsockname()[1], flush=True)
-c, _ = ls.accept(); c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+ls.bind(("127.0.0.1", 0)); ls.listen(64); print(ls.getsockname()[1], flush=True)
 handles = {1: os.open("/dev/zero", os.O_RDONLY)}
-buf = bytearray(65536); view = memoryview(buf); pack = msgpack.Packer().pack
-ep = None
 if sys.argv[1] == "epoll":
-    c.setblocking(False); ep = select.epoll(); ep.register(c.fileno(), select.EPOLLIN)
+    buf = bytearray(65536); view = memoryview(buf); pack = msgpack.Packer().pack
+    ep = select.epoll(); ep.register(ls.fileno(), select.EPOLLIN); conns = {}
+    while True:
+        for fd, _ in ep.poll():
+            c = conns.get(fd)
+            if c is None:
+                c, _ = ls.accept(); c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                c.setblocking(False); conns[c.fileno()] = c; ep.register(c, select.EPOLLIN)
+                continue
+            n = c.recv_into(buf)
+            if not n:
+                ep.unregister(fd); conns.pop(fd).close(); continue
+            _, rid, op, args = msgpack.unpackb(view[8:n])
+            raw = pack([2, rid, os.read(handles[args[0]], args[1])])
+            c.send(H.pack(len(raw), 0) + raw)
+def serve(c):
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buf = bytearray(65536); view = memoryview(buf); pack = msgpack.Packer().pack
+    while True:
+        n = c.recv_into(buf)
+        if not n:
+            break
+        _, rid, op, args = msgpack.unpackb(view[8:n])
+        raw = pack([2, rid, os.read(handles[args[0]], args[1])])
+        c.send(H.pack(len(raw), 0) + raw)
+    c.close()
 while True:
-    if ep is not None:
-        ep.poll()
-    n = c.recv_into(buf)
-    if not n:
-        break
-    _, rid, op, args = msgpack.unpackb(view[8:n])
-    raw = pack([2, rid, os.read(handles[args[0]], args[1])])
-    c.send(H.pack(len(raw), 0) + raw)
+    c, _ = ls.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
 """
 
 _H = struct.Struct(">II")
 
 
 @contextlib.contextmanager
-def minimal_pair(wait: str) -> Iterator[Callable[[], bytes]]:
-    """A minimal host (``wait`` = "epoll" or "blocking") in its own process, and the
-    function that makes one call of it: read 16 bytes of /dev/zero."""
+def minimal_host(wait: str) -> Iterator[int]:
+    """A minimal host (``wait`` = "epoll" or "threads") in its own process: its port."""
     p = subprocess.Popen([sys.executable, "-c", _HOST, wait], stdout=subprocess.PIPE)
     assert p.stdout is not None
-    s = socket.create_connection(("127.0.0.1", int(p.stdout.readline())))
+    try:
+        yield int(p.stdout.readline())
+    finally:
+        p.kill()
+        p.wait()
+        p.stdout.close()
+
+
+@contextlib.contextmanager
+def minimal_client(port: int) -> Iterator[Callable[[], bytes]]:
+    """A connection to a minimal host, as the function making one call: read 16 bytes."""
+    s = socket.create_connection(("127.0.0.1", port))
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     buf = bytearray(65536)
     view = memoryview(buf)
@@ -70,6 +95,3 @@ def minimal_pair(wait: str) -> Iterator[Callable[[], bytes]]:
         yield call
     finally:
         s.close()
-        p.kill()
-        p.wait()
-        p.stdout.close()
