@@ -104,11 +104,11 @@ def test_the_posix_paths_work_on_either_poller(server: ServerProc) -> None:
 
 
 @contextlib.contextmanager
-def _in_process(devices: dict[str, Any], device: str
+def _in_process(devices: dict[str, Any], device: str, server: dict[str, Any] | None = None
                 ) -> Iterator[tuple[Server, int, list[Session], socket.socket, Connection, int]]:
     """A host in this process (so tests can look inside it) and a raw client that said
     hello and opened ``device``: (server, port, sessions, socket, connection, handle)."""
-    host = Host(parse({"devices": devices}))
+    host = Host(parse({"devices": devices, "server": server or {}}))
     host.prepare()
     server = Server(host)
     _, port = server.listen_tcp("127.0.0.1", 0)
@@ -171,14 +171,19 @@ class _Chatty(ZeroNode):
         self.emit("chat", "before the error")
         raise OSError(5, "Input/output error")
 
+    def read_nowait(self, n: int) -> bytes | None:
+        self.emit("chat", "before a reply too large")
+        return bytes(20000)  # whatever was asked: over the host's 16 KiB frame limit
+
 
 def test_events_an_inline_call_pushes_leave_with_its_reply() -> None:
     """The loop holds what a call it runs pushes to the same client and sends it with the
     reply, in one send: the events first, in order, as they were when pushed; a small
-    event and the call's error arrive in one receive."""
+    event and the call's error arrive in one receive; a reply that cannot be sent (over
+    the frame limit) loses none of the events before its error."""
     register("chatty-zero", _Chatty)
     devices = {"chatty": {"kind": "node", "sim": "chatty-zero", "ioctls": ["TIOCEXCL"]}}
-    with _in_process(devices, "chatty") as (_, _, _, sock, conn, h):
+    with _in_process(devices, "chatty", {"max_frame": 16384}) as (_, _, _, sock, conn, h):
         sock.sendall(_frame(conn, Call(2, "write", [h, b"xy", None])))
         got = [_next(sock, conn) for _ in range(3)]
         assert got == [Event("chat", h, "first"), Event("chat", h, b"a" * 8192), Reply(2, 2)]
@@ -188,6 +193,11 @@ def test_events_an_inline_call_pushes_leave_with_its_reply() -> None:
         assert conn.next_event() == Event("chat", h, "before the error")
         err = conn.next_event()
         assert isinstance(err, Error) and (err.id, err.errno) == (3, 5)
+
+        sock.sendall(_frame(conn, Call(4, "read", [h, 8, None])))  # the reply cannot go
+        assert _next(sock, conn) == Event("chat", h, "before a reply too large")
+        err = _next(sock, conn)
+        assert isinstance(err, Error) and (err.id, err.errno) == (4, 22), err
 
 
 def test_a_slow_operation_stalls_no_other_connection(server: ServerProc) -> None:
