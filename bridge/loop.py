@@ -117,7 +117,8 @@ class _Conn:
                 return
             raw = self.conn.reply_bytes(rid, result)
             if self.held:  # what this call pushed goes first, in the same send
-                bufs = self.conn.send(Reply(rid, result)) if raw is None else [raw]
+                bufs: list[bytes | memoryview] = \
+                    self.conn.send(Reply(rid, result)) if raw is None else [raw]
                 held, self.held = self.held, []  # (kept if the reply raised: too large)
                 self._write(held + bufs)
             elif raw is None:
