@@ -73,11 +73,12 @@ class BatchContext:
         if getattr(local, "batch", None) is not None:
             raise RuntimeError("batches do not nest")
         local.batch = self
-        self.client._batched = True
+        self.client._batch_opened()
         return self
 
     def __exit__(self, et: object, ev: object, tb: object) -> None:
         self.client._local.batch = None
+        self.client._batch_closed()
         if et is not None or not self.ops:
             return
         self.sent = True

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .batch import BatchContext, Deferred
+from .messages import wire_default
 from .protocol import MISS, Call, Hello, Message, Ref
 from .reader import PULL_LINGER, RECV_SIZE, EventHandler, Pending, ReadSide, remote_error
 from .url import URL
@@ -52,9 +53,12 @@ class Client(ReadSide):
         self._send_flags: int = getattr(socket, "MSG_DONTWAIT", 0) \
             if isinstance(sock, socket.socket) and not self._tls else 0
         self._local = threading.local()
-        # Set once any batch (so any Deferred) existed: until then a call skips looking
-        # for batches and Deferred arguments. Set through _batched.
-        self._batched_once = False
+        # Batches open on any thread: while there are none, a call skips looking for one
+        # (a fast-path condition). Changed only through _batch_opened/_batch_closed.
+        self._batches_open = 0
+        # A Deferred given to a call outside its batch is sent as its result, resolved when
+        # the packer meets it: a call costs nothing for the case.
+        self._conn.set_default(self._pack_default)
         self.server_info: dict[str, Any] = {}
         self._hello(token)
         with self._cv:
@@ -130,14 +134,13 @@ class Client(ReadSide):
         payload lands in one bytes object without being copied again.
         """
         if not self._fast:
-            # One of the conditions _fast stands for fails (see _fast_ok): a batch existed,
-            # the connection is closed or broken, it receives at exact sizes, or no send
-            # can be tried without blocking. The common case tests only the flag.
-            if self._batched_once:
+            # One of the conditions _fast stands for fails (see _fast_ok): a batch is
+            # open, the connection is closed or broken, it receives at exact sizes, or no
+            # send can be tried without blocking. The common case tests only the flag.
+            if self._batches_open:
                 batch: BatchContext | None = getattr(self._local, "batch", None)
                 if batch is not None:
                     return batch.add(op, args, transform)
-                args = self._resolved(args)
             if self.closed:
                 raise ConnectionAbortedError(_errno.ECONNABORTED, "connection closed")
             if not self._send_flags or self._bulk:
@@ -186,6 +189,12 @@ class Client(ReadSide):
                 raise
             result = self._conn.reply_result(self._view, n, rid)
             if result is not MISS:
+                return result if transform is None else transform(result)
+            got = self._conn.events_then_reply(self._view, n, rid)
+            if got is not MISS:  # what the call raised came first: delivered as _pump would
+                events, result = got
+                for ev in events:
+                    self._deliver(ev)
                 return result if transform is None else transform(result)
             # Anything else (another thread's reply, an event, an error, part of a frame,
             # the rest of a large data section): this call waits the ordinary way.
@@ -300,17 +309,17 @@ class Client(ReadSide):
 
     # -- plumbing -------------------------------------------------------------------------
 
-    # The two conditions of the fast path (_fast) that are the client's: set only through
-    # these properties, which keep _fast up to date (BatchContext sets _batched).
+    # The two conditions of the fast path (_fast) that are the client's: changed only
+    # through these, which keep _fast up to date (BatchContext opens and closes batches).
 
-    @property
-    def _batched(self) -> bool:
-        return self._batched_once
-
-    @_batched.setter
-    def _batched(self, on: bool) -> None:
+    def _batch_opened(self) -> None:
         with self._cv:
-            self._batched_once = on
+            self._batches_open += 1
+            self._refresh_fast()
+
+    def _batch_closed(self) -> None:
+        with self._cv:
+            self._batches_open -= 1
             self._refresh_fast()
 
     @property
@@ -324,7 +333,7 @@ class Client(ReadSide):
             self._refresh_fast()
 
     def _fast_ok(self) -> bool:
-        return super()._fast_ok() and not self._batched_once and self._send_flags != 0
+        return super()._fast_ok() and not self._batches_open and self._send_flags != 0
 
     def _wire(self, v: Any) -> Any:
         if isinstance(v, Deferred):
@@ -336,15 +345,9 @@ class Client(ReadSide):
             return Ref(v.index)
         return v
 
-    def _resolved(self, args: Sequence[Any]) -> Sequence[Any]:
-        """``args`` with the results of batches that ran in place of their Deferreds.
-
-        A method of its own: a comprehension in call() would make ``self`` a closure cell,
-        which costs every call."""
-        for a in args:
-            if type(a) is Deferred:
-                return [self._wire(a) for a in args]
-        return args
+    def _pack_default(self, v: object) -> object:
+        """The packer's hook for values outside the wire types (see __init__)."""
+        return self._wire(v) if type(v) is Deferred else wire_default(v)
 
     def _hello(self, token: str | None = None) -> None:
         p = Pending(0)

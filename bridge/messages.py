@@ -119,7 +119,9 @@ class Event:
 Message: TypeAlias = Hello | Call | Reply | Error | Batch | BatchReply | Event
 
 
-def _default(obj: object) -> object:
+def wire_default(obj: object) -> object:
+    """The packer's hook for values outside msgpack's own types: Ref and tuple, else a
+    TypeError (a Connection's caller may put its own in front: Connection.set_default)."""
     if isinstance(obj, Ref):
         return msgpack.ExtType(REF_EXT, _REF.pack(obj.index))
     if isinstance(obj, tuple):
@@ -133,7 +135,7 @@ def ext_hook(code: int, data: bytes) -> Ref:
     return Ref(_REF.unpack(data)[0])
 
 
-PACKER_OPTS: Final = {"default": _default, "use_bin_type": True, "autoreset": True}
+PACKER_OPTS: Final = {"default": wire_default, "use_bin_type": True, "autoreset": True}
 
 
 def encode(msg: Message, packer: msgpack.Packer | None = None) -> list[bytes | memoryview]:

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import msgpack
@@ -229,6 +229,49 @@ class Connection:
                         return bytes(buf[mid:n])
         return MISS
 
+    def events_then_reply(self, buf: memoryview, n: int, id: int
+                          ) -> tuple[list[Event], Value] | _Miss:
+        """(the events, the result) when the ``n`` bytes at the start of ``buf`` are whole
+        Event frames followed by exactly the one whole Reply frame to call ``id``, and
+        nothing else is pending; :data:`MISS` otherwise, and nothing is consumed (as
+        :meth:`reply_result`, which the caller tries first).
+
+        The events a call raised (a serial instrument's answer, a GPIO edge) come in one
+        receive with its reply, since the host sends them together (bridge/loop.py).
+        """
+        if not (self.state is _READY and self._pos >= len(self._buf)
+                and self._stash is None and not self._eof):
+            return MISS
+        events: list[Event] = []
+        pos = 0
+        while n - pos > 8:
+            body_len, data_len = unpack_header(buf, pos)
+            mid = pos + 8 + body_len
+            end = mid + data_len
+            if end > n or body_len + data_len > self.max_frame:
+                return MISS
+            try:
+                body = unpackb(buf[pos + 8:mid], ext_hook=ext_hook, strict_map_key=False)
+            except Exception:  # malformed: receive() reports it
+                return MISS
+            if end == n:  # the last frame: the reply, checked as reply_result does
+                if events and type(body) is list and len(body) == 3 and body[0] == 2 \
+                        and body[1] == id and type(body[1]) is int:
+                    if not data_len:
+                        return events, body[2]
+                    if body[2] is None:
+                        return events, bytes(buf[mid:n])
+                return MISS
+            try:
+                msg = decode_body(body, bytes(buf[mid:end]) if data_len else None)
+            except ProtocolError:
+                return MISS
+            if type(msg) is not Event:
+                return MISS
+            events.append(msg)
+            pos = end
+        return MISS
+
     def call_in(self, buf: memoryview, n: int) -> Call | _Miss:
         """The Call when the ``n`` bytes at the start of ``buf`` are exactly one whole Call
         frame (no data section) and nothing else is pending; :data:`MISS` otherwise, and
@@ -413,6 +456,11 @@ class Connection:
         if len(raw) > self.send_limit:
             return None  # send() raises the error
         return pack_header(len(raw), 0) + raw
+
+    def set_default(self, default: Callable[[object], object]) -> None:
+        """Encode values outside the wire types with ``default`` (which returns a wire
+        value, or raises TypeError), instead of messages.wire_default."""
+        self._packer = msgpack.Packer(**{**PACKER_OPTS, "default": default})
 
     def send(self, msg: Message) -> list[bytes | memoryview]:
         """Bytes (one or two buffers, for a gather write) that carry ``msg`` to the peer."""

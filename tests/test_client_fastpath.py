@@ -19,6 +19,7 @@ from bridge.client import Client
 from bridge.protocol import (
     HEADER,
     Batch,
+    BatchError,
     BatchReply,
     Call,
     Connection,
@@ -63,9 +64,12 @@ class ScriptedHost:
             for msg in conn.receive(data):
                 if isinstance(msg, Hello):
                     self.sock.sendall(_frames(conn, Hello(info={"devices": []})))
-                elif isinstance(msg, Batch):  # every op's arguments back
-                    self.sock.sendall(_frames(conn, BatchReply(msg.id, [list(a) for _, a
-                                                                         in msg.ops])))
+                elif isinstance(msg, Batch):  # every op's arguments back, up to a "fail"
+                    ops = [op for op, _ in msg.ops]
+                    stop = ops.index("fail") if "fail" in ops else len(ops)
+                    err = BatchError(stop, errno.EIO, "failed") if stop < len(ops) else None
+                    self.sock.sendall(_frames(conn, BatchReply(
+                        msg.id, [list(a) for _, a in msg.ops[:stop]], err)))
                 elif isinstance(msg, Call):
                     self.calls.append(msg)
                     for i, chunk in enumerate(self.script(msg, conn)):
@@ -288,13 +292,26 @@ def test_the_fast_flag_follows_what_it_stands_for(pair: tuple[Client, ScriptedHo
 
     with client.batch():
         check()
+        assert not client._fast  # while a batch is open, calls look for theirs
         d = client.call("read", [1, 4, None])  # a Deferred: nothing sent yet
         assert not host.calls or host.calls[-1].args != [1, 4, None]
     check()
-    assert not client._fast  # once a batch existed, calls look for one
+    assert client._fast or not client._send_flags  # closed: the fast path again
     assert d.result() == [1, 4, None]
-    assert client.call("read", [d, 5]) == [[1, 4, None], 5]  # a Deferred argument resolved
+    # a Deferred argument is sent as its result (the packer resolves it), on the fast path
+    assert client.call("read", [d, 5]) == [[1, 4, None], 5]
+    assert client.call("read", [1, [d]]) == [1, [[1, 4, None]]]  # nested too
     assert client._pending == {}
+    with pytest.raises(OSError, match="batch operation 0"), client.batch():
+        failed = client.call("fail", [])
+        late = client.call("read", [1, 9, None])
+    with pytest.raises(OSError):
+        failed.result()
+    check()
+    assert client._batches_open == 0  # a batch that raised is closed too
+    with pytest.raises(RuntimeError, match="not executed"):
+        client.call("read", [late, 5])  # the result of an op that never ran: nothing sent
+    assert client.call("read", [1, 10, None]) == [1, 10, None]
 
     host.script = lambda call, conn: [HEADER.pack(3, 0) + b"\xc1\xc1\xc1"]
     with pytest.raises(ProtocolError, match="malformed"):
