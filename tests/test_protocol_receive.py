@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge.protocol import (
     HEADER,
@@ -146,3 +148,79 @@ def test_reply_result_respects_the_frame_limit() -> None:
     assert _result(c, too_big, 42) is MISS
     with pytest.raises(ProtocolError, match="exceeds the limit"):
         c.receive(too_big)
+
+
+# Connection.events_then_reply(): the client's path for a call whose reply comes behind the
+# events it raised (a serial instrument's answer, a GPIO edge), in one receive.
+
+def _events_then(c: Connection, wire: bytes, id: int) -> object:
+    buf = bytearray(1 << 16)
+    buf[:len(wire)] = wire
+    return c.events_then_reply(memoryview(buf), len(wire), id)
+
+
+def test_events_then_reply_gives_the_events_in_order_and_the_result() -> None:
+    c, s = _ready_pair()
+    big = bytes(range(256)) * 20  # data sections: an event's and the reply's
+    events = [Event("serial.data", 3, b"answer\n"), Event("gpio.edge", 4, [1, 2]),
+              Event("serial.data", 3, big)]
+    for result in (5, big, None):
+        wire = _wire(s, *events, Reply(42, result))
+        assert _result(c, wire, 42) is MISS  # not one frame: the other path
+        got = _events_then(c, wire, 42)
+        assert got == (events, result)
+        assert c.buffered() == 0 and c.receive(wire) == [*events, Reply(42, result)]
+
+
+def test_events_then_reply_misses_everything_else_and_receive_still_gets_it() -> None:
+    c, s = _ready_pair()
+    ev = Event("rx", 1, b"data")
+    cases: list[tuple[Message, ...]] = [
+        (Reply(42, 1),),  # no events: reply_result's case
+        (ev,),  # no reply
+        (ev, Reply(41, 1)),  # another call's reply
+        (ev, Error(42, 5, "failed")),  # an error
+        (Reply(41, 1), Reply(42, 1)),  # a reply first, not an event
+        (ev, Reply(42, 1), ev),  # something after the reply
+    ]
+    for msgs in cases:
+        wire = _wire(s, *msgs)
+        assert _events_then(c, wire, 42) is MISS, msgs
+        assert c.buffered() == 0  # nothing consumed
+        assert c.receive(wire) == list(msgs)
+    whole = _wire(s, ev, Reply(42, 1))
+    for cut in (3, 8, 20, len(whole) - 1):  # part of a frame
+        assert _events_then(c, whole[:cut], 42) is MISS
+    garbage = HEADER.pack(3, 0) + b"\xc1\xc1\xc1"
+    assert _events_then(c, _wire(s, ev) + garbage + _wire(s, Reply(42, 1)), 42) is MISS
+    bad_event = msgpack.packb([6, 7, 1, b"x"])  # a topic that is not a string
+    assert _events_then(c, HEADER.pack(len(bad_event), 0) + bad_event
+                        + _wire(s, Reply(42, 1)), 42) is MISS
+    c.receive(b"")  # end of stream: nothing is ready any more
+    assert _events_then(c, whole, 42) is MISS
+
+
+_INTS = st.integers(-(1 << 63), (1 << 64) - 1)  # what msgpack carries
+_MSGS = st.one_of(
+    st.builds(Event, st.sampled_from(["rx", "gpio.edge"]), st.integers(0, 3),
+              st.one_of(st.binary(max_size=40), _INTS, st.none(),
+                        st.binary(min_size=4096, max_size=4200))),
+    st.builds(Reply, st.integers(40, 43), st.one_of(st.binary(max_size=20), _INTS)),
+    st.builds(Error, st.integers(40, 43), st.integers(1, 100), st.text(max_size=10)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(msgs=st.lists(_MSGS, max_size=5), cut=st.integers(0, 12))
+def test_events_then_reply_agrees_with_receive(msgs: list[Message], cut: int) -> None:
+    """Whatever the bytes, it answers exactly what receive() makes of them, or MISS."""
+    c, s = _ready_pair()
+    wire = _wire(s, *msgs)
+    wire = wire[:len(wire) - cut] if cut < len(wire) else wire
+    got = _events_then(c, wire, 42)
+    assert c.buffered() == 0
+    received = c.receive(wire)
+    if got is not MISS:
+        events, result = got  # type: ignore[misc]
+        assert [*events, Reply(42, result)] == received
+        assert events and all(type(e) is Event for e in events)
