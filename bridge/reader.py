@@ -48,8 +48,9 @@ _POLL = hasattr(select, "poll")  # no FD_SETSIZE limit; select.select where it i
 #: the time an application may take between two reads of a stream and still receive it
 #: on its own thread. Events for other handlers wait at most this long meanwhile.
 PULL_LINGER = 0.002
-#: Seconds the background reader stays aside when it finds a call reading: bytes that come
-#: meanwhile wait at most this long when no call takes them (calls take them at once).
+#: Seconds the background reader stays aside when calls took (or are taking) what it woke
+#: for: bytes that come meanwhile wait at most this long when no call takes them (calls
+#: take them at once).
 CALL_LINGER = 0.001
 
 EventHandler = Callable[[Event], None]
@@ -393,27 +394,29 @@ class ReadSide:
                     continue
             except (OSError, ValueError):  # closed meanwhile
                 break
-            if not self._recv_lock.acquire(False):
-                # A call holds the read side: it receives what came. Stay aside a moment
-                # rather than queue for the read side, which would wake this thread a second
-                # time, as the call ends, for every call of a client calling back to back.
-                with aside:
-                    aside.wait(CALL_LINGER)
-                continue
-            failed = False
-            try:
-                # Another thread may have taken the bytes meanwhile, or started pulling:
-                # never block in a receive here with nothing to receive.
-                if self._pull_until <= monotonic() and self._broken is None \
-                        and self._readable(0):
-                    self._pump()
-            except Exception:
-                failed = True
-            finally:
-                self._recv_lock.release()
-            self._wake()
+            # Bytes came. If a call holds the read side, or took them before we could, the
+            # client is making calls, which receive what comes: stay aside a moment rather
+            # than wait in poll again, or this thread would wake (and contend for the GIL)
+            # once per call of a client calling back to back.
+            took = failed = False
+            if self._recv_lock.acquire(False):
+                try:
+                    # Another thread may have taken the bytes meanwhile, or started
+                    # pulling: never block in a receive here with nothing to receive.
+                    if self._pull_until <= monotonic() and self._broken is None \
+                            and self._readable(0):
+                        took = True
+                        self._pump()
+                except Exception:
+                    failed = True
+                finally:
+                    self._recv_lock.release()
+                self._wake()
             if failed:
                 break
+            if not took:
+                with aside:
+                    aside.wait(CALL_LINGER)
         self._events.put(None)
 
     def _event_dispatcher(self) -> None:
