@@ -95,7 +95,9 @@ class _Conn:
             if self.ended:
                 return
             bufs = self.conn.send(msg)
-            if self.corked and threading.get_ident() == self.loop.tid:
+            # Held while the loop runs a call of this connection, and behind anything held
+            # (a device thread pushing meanwhile must not overtake what the call pushed).
+            if self.held or self.corked and threading.get_ident() == self.loop.tid:
                 # Copied unless immutable: the op may reuse its buffer before the reply.
                 self.held += [b if type(b) is bytes else bytes(b) for b in bufs]
                 return

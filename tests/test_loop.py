@@ -158,13 +158,18 @@ def test_pipelined_calls_answer_in_order_across_loop_and_lane() -> None:
 
 class _Chatty(ZeroNode):
     """/dev/zero whose write pushes two events before it returns (the second from a large
-    buffer it then overwrites) and whose ioctl pushes one and then fails."""
+    buffer it then overwrites) and has a thread push a third; whose ioctl pushes one and
+    then fails; whose read pushes one and returns too much to send."""
 
     def write_nowait(self, data: bytes) -> int | None:
         buf = bytearray(b"a" * 8192)  # a data section of its own on the wire
         self.emit("chat", "first")
         self.emit("chat", buf)
         buf[:] = b"b" * 8192  # reused at once: what was pushed must not change
+        # a device thread pushing meanwhile (a serial port's input) comes after, not before
+        t = threading.Thread(target=self.emit, args=("chat", "from a device thread"))
+        t.start()
+        t.join()
         return len(data)
 
     def do_ioctl(self, request: int, arg: int | bytearray) -> int:
@@ -185,8 +190,9 @@ def test_events_an_inline_call_pushes_leave_with_its_reply() -> None:
     devices = {"chatty": {"kind": "node", "sim": "chatty-zero", "ioctls": ["TIOCEXCL"]}}
     with _in_process(devices, "chatty", {"max_frame": 16384}) as (_, _, _, sock, conn, h):
         sock.sendall(_frame(conn, Call(2, "write", [h, b"xy", None])))
-        got = [_next(sock, conn) for _ in range(3)]
-        assert got == [Event("chat", h, "first"), Event("chat", h, b"a" * 8192), Reply(2, 2)]
+        got = [_next(sock, conn) for _ in range(4)]
+        assert got == [Event("chat", h, "first"), Event("chat", h, b"a" * 8192),
+                       Event("chat", h, "from a device thread"), Reply(2, 2)]
 
         sock.sendall(_frame(conn, Call(3, "ioctl", [h, "TIOCEXCL", None])))
         conn.receive_data(sock.recv(1 << 20))  # one receive: both frames, one small send
