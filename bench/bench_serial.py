@@ -1,6 +1,7 @@
 # Serial streaming from host to client: the push path (data arrives as events into the
 # client's buffer) against a raw TCP stream floor, and pyserial's rfc2217:// client on the
-# same simulated port (the export) for comparison. Same run, ratios only.
+# same simulated port (the export) for comparison. Same run, ratios only. Also a query of a
+# line-based instrument (write a command, readline() its answer) against a raw TCP echo.
 #
 # The bridged stream and its floor are measured in alternating rounds (best of each), so a
 # change in the machine's load hits both alike; the port is closed during the floor's turn,
@@ -18,12 +19,14 @@ import serial
 
 import bridge
 
-from .common import Row, start_server
+from .common import Row, echo_client, echo_once, echo_server, per_op, start_server
 
 TOTAL = 64 << 20
 RFC_TOTAL = 1 << 20
 ROUNDS = 3
-MANIFEST = '[devices.src]\nkind = "serial"\nsim = "source"\n'
+MANIFEST = ('[devices.src]\nkind = "serial"\nsim = "source"\n'
+            '[devices.dmm]\nkind = "serial"\nsim = "scpi-dmm"\n')
+QUERIES = 2000
 
 _SENDER = r"""
 import socket, sys
@@ -100,4 +103,26 @@ def run() -> list[Row]:
             ser.close()
         rows.append(Row("same port via pyserial rfc2217:// (comparison), 1 MiB", rfc_rate,
                         floor, "MB/s", "", higher_is_better=True))
+        rows.append(_query(srv.url))
     return rows
+
+
+def _query(url: str) -> Row:
+    """write(b"*IDN?\\n") then readline() on the simulated SCPI meter, vs a TCP echo."""
+    with echo_server() as addr, bridge.connect(url) as host, host.open("dmm") as dmm:
+        dmm.timeout = 5
+        es = echo_client(addr)
+        buf = bytearray(64)
+
+        def query() -> None:
+            dmm.write(b"*IDN?\n")
+            if not dmm.readline().startswith(b"HWBRIDGE,"):
+                raise RuntimeError("the meter did not answer")
+
+        q = floor = float("inf")
+        for _ in range(ROUNDS):
+            floor = min(floor, per_op(lambda: echo_once(es, b"x" * 16, buf), QUERIES, 3))
+            q = min(q, per_op(query, QUERIES, 3))
+        es.close()
+    return Row("serial query: write *IDN?, readline(), sim meter", q * 1e6, floor * 1e6,
+               "us/op", "", note="floor: raw TCP echo 16 B")
