@@ -262,13 +262,16 @@ class Connection:
                     if body[2] is None:
                         return events, bytes(buf[mid:n])
                 return MISS
-            try:
-                msg = decode_body(body, bytes(buf[mid:end]) if data_len else None)
-            except ProtocolError:
+            # An earlier frame: an Event, checked as decode_body checks one.
+            if not (type(body) is list and len(body) == 4 and body[0] == 6
+                    and type(body[1]) is str and type(body[2]) is int):
                 return MISS
-            if type(msg) is not Event:
+            if not data_len:
+                events.append(Event(body[1], body[2], body[3]))
+            elif body[3] is None:
+                events.append(Event(body[1], body[2], bytes(buf[mid:end])))
+            else:
                 return MISS
-            events.append(msg)
             pos = end
         return MISS
 
