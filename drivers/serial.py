@@ -288,6 +288,9 @@ class RemoteSerialBase(serial.SerialBase):  # type: ignore[misc]
     def _wait_for(self, done: Any, cap: int | None) -> int:
         """Wait (``_rx_cv`` held) until ``done(buffer)`` gives the count of bytes to take,
         or the timeout, the inter-byte gap or a cancel ends the wait; returns the count."""
+        n: int = done(self._rx)
+        if n >= 0:  # here already (an answer that came with its command): no clock needed
+            return n
         timeout = Timeout(self._timeout)
         client = self.client
         cv = self._rx_cv
@@ -295,7 +298,7 @@ class RemoteSerialBase(serial.SerialBase):  # type: ignore[misc]
         gap: Timeout | None = None
         pulled = pull = False
         while True:
-            n: int = done(self._rx)
+            n = done(self._rx)
             if n >= 0:
                 return n
             if self._cancel or not self.is_open or timeout.expired() or \
