@@ -9,19 +9,16 @@
 # change in the machine's load hits both alike (as bench_serial, bench_i2c, bench_library do).
 from __future__ import annotations
 
-import contextlib
 import os
 import select
 import socket
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import bridge
 
-from .common import Row, echo_client, echo_once, echo_server, per_op, start_server
+from .common import Row, child, echo_client, echo_once, echo_server, per_op, start_server
 from .minimal import minimal_client, minimal_host
 
 MANIFEST = """
@@ -90,23 +87,10 @@ while True:
 """
 
 
-@contextlib.contextmanager
-def _child(code: str, *args: str) -> Iterator[int]:
-    p = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE)
-    assert p.stdout is not None
-    port = int(p.stdout.readline())
-    try:
-        yield port
-    finally:
-        p.kill()
-        p.wait()
-        p.stdout.close()
-
-
 def _raw_stream(mib: int, source: str = "memory") -> float:
     """Seconds to receive ``mib`` MiB from a raw socket stream (recv_into, no framing) of
     one buffer sent again and again (``source`` "memory") or of /dev/zero read ("zero")."""
-    with _child(_STREAM, str(mib), source) as port:
+    with child(_STREAM, str(mib), source) as port:
         s = socket.create_connection(("127.0.0.1", port))
         buf = bytearray(1 << 20)
         total, want = 0, mib << 20
@@ -254,7 +238,7 @@ def _threads(url: str, addr: tuple[str, int], min_port: int, min_tport: int) -> 
 
 def _batch_over_delay(url: str) -> Row:
     port = int(url.rsplit(":", 1)[1])
-    with _child(_DELAY, str(port), "0.010") as pport:
+    with child(_DELAY, str(port), "0.010") as pport:
         s = socket.create_connection(("127.0.0.1", pport))
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         s.close()

@@ -8,11 +8,8 @@
 # the best round of each is kept, so a change in the machine's load hits all alike.
 from __future__ import annotations
 
-import contextlib
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +17,7 @@ import cffi
 
 import bridge
 
-from .common import Row, echo_client, echo_once, echo_server, per_op, start_server
+from .common import Row, child, echo_client, echo_once, echo_server, per_op, start_server
 
 N = 2000
 ROUNDS = 3
@@ -63,25 +60,13 @@ access = "r"
 """
 
 
-@contextlib.contextmanager
-def rpyc_server() -> Iterator[int]:
-    p = subprocess.Popen([sys.executable, "-c", _RPYC_SERVER], stdout=subprocess.PIPE)
-    assert p.stdout is not None
-    try:
-        yield int(p.stdout.readline())
-    finally:
-        p.kill()
-        p.wait()
-        p.stdout.close()
-
-
 def _rpyc_row(libc: str, echo: float) -> Row:
     try:
         import rpyc
     except ImportError:
         return Row("library call via RPyC classic conn.modules.ctypes", float("nan"), echo,
                    "us/op", "", note="skipped: rpyc missing (pip install -e '.[bench]')")
-    with rpyc_server() as port:
+    with child(_RPYC_SERVER) as port:
         for _ in range(100):  # the port is printed before the server listens
             try:
                 conn = rpyc.classic.connect("127.0.0.1", port)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from bridge.testing import ServerProc, start_server
 
-__all__ = ["Row", "ServerProc", "echo_server", "per_op", "print_table", "start_server"]
+__all__ = ["Row", "ServerProc", "child", "echo_server", "per_op", "print_table",
+           "start_server"]
 
 _ECHO = r"""
 import socket, sys, threading
@@ -36,17 +37,24 @@ while True:
 
 
 @contextlib.contextmanager
-def echo_server() -> Iterator[tuple[str, int]]:
-    """A raw TCP echo server (thread per connection, like hwbridge) in its own process."""
-    p = subprocess.Popen([sys.executable, "-c", _ECHO], stdout=subprocess.PIPE)
+def child(code: str, *args: str) -> Iterator[int]:
+    """``python -c code args...`` in its own process, which prints the port it serves
+    first; that port. The process is killed on exit."""
+    p = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE)
     assert p.stdout is not None
-    port = int(p.stdout.readline())
     try:
-        yield ("127.0.0.1", port)
+        yield int(p.stdout.readline())
     finally:
         p.kill()
         p.wait()
         p.stdout.close()
+
+
+@contextlib.contextmanager
+def echo_server() -> Iterator[tuple[str, int]]:
+    """A raw TCP echo server (thread per connection, like hwbridge) in its own process."""
+    with child(_ECHO) as port:
+        yield ("127.0.0.1", port)
 
 
 def echo_client(addr: tuple[str, int]) -> socket.socket:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 
 import msgpack
+
+from .common import child
 
 _HOST = r"""
 import msgpack, os, select, socket, struct, sys, threading
@@ -59,17 +59,9 @@ while True:
 _H = struct.Struct(">II")
 
 
-@contextlib.contextmanager
-def minimal_host(wait: str) -> Iterator[int]:
+def minimal_host(wait: str) -> contextlib.AbstractContextManager[int]:
     """A minimal host (``wait`` = "epoll" or "threads") in its own process: its port."""
-    p = subprocess.Popen([sys.executable, "-c", _HOST, wait], stdout=subprocess.PIPE)
-    assert p.stdout is not None
-    try:
-        yield int(p.stdout.readline())
-    finally:
-        p.kill()
-        p.wait()
-        p.stdout.close()
+    return child(_HOST, wait)
 
 
 @contextlib.contextmanager
