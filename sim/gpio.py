@@ -79,6 +79,7 @@ class Board:
         self.chips: dict[str, _Chip] = {}
         self._parent: dict[Key, Key] = {}
         self._wired: dict[Key, tuple[_Line, ...]] = {}  # level()'s nets, see _others
+        self.requested: dict[Key, _Line] = {}  # lines of a request: the ones edges watch
 
     def chip(self, spec: DeviceSpec) -> _Chip:
         """The chip of ``spec``, built (and wired) on first use."""
@@ -160,9 +161,7 @@ class Board:
         return 0
 
     def _watched(self) -> dict[Key, int]:
-        return {(c.name, i): self.level((c.name, i)) for c in self.chips.values()
-                for i, ln in enumerate(c.lines)
-                if ln.request is not None and ln.flags & _EDGE_FLAGS}
+        return {k: self.level(k) for k, ln in self.requested.items() if ln.flags & _EDGE_FLAGS}
 
     def change(self, apply: Any) -> None:
         """Run ``apply()`` under the lock, then push edge events for lines whose level moved."""
@@ -225,6 +224,7 @@ class SimGpioChip(GpioChip):
                 if self.chip.lines[off].request is not None:
                     raise OSError(errno.EBUSY, f"Device or resource busy (line {off})")
                 self.chip.lines[off].request = req
+                BOARD.requested[(self.chip.name, off)] = self.chip.lines[off]
             for off in offsets:
                 self.chip.lines[off].consumer = consumer or "?"
             req.configure(flags, attrs)
@@ -236,6 +236,7 @@ class SimGpioChip(GpioChip):
                 for off in offsets:
                     if self.chip.lines[off].request is req:
                         self.chip.lines[off].request = None
+                        BOARD.requested.pop((self.chip.name, off), None)
             raise
         return req
 
@@ -320,9 +321,10 @@ class SimLineRequest(LineRequestHandle):
             if self.closed:
                 return
             self.closed = True
-            for ln in self._lines():
+            for off, ln in zip(self.offsets, self._lines(), strict=True):
                 if ln.request is self:
                     ln.request, ln.flags, ln.consumer, ln.value = None, 0, "", 0
+                    BOARD.requested.pop((self.chip.name, off), None)
 
         BOARD.change(release)
 
