@@ -213,3 +213,37 @@ def test_blocking_op_inside_a_batch_waits_on_the_host(host: bridge.Client,
         t.join(10)
         assert not t.is_alive()
     assert result == {"read": b"abc", "devices": 4}
+
+
+def test_a_batch_on_one_thread_leaves_other_threads_calls_alone(
+        host: bridge.Client, shared_pty: Pty) -> None:
+    """While one thread's batch is open, another thread's calls run at once; once it is
+    closed, calls are back on the fast path, and a Deferred handed to a later call (on any
+    thread) is sent as its result."""
+    zero = host.open("zero")
+    opened, release = threading.Event(), threading.Event()
+    got: dict[str, object] = {}
+
+    def batching() -> None:
+        with host.batch():
+            got["d"] = zero.read(7)
+            opened.set()
+            release.wait(10)
+
+    t = threading.Thread(target=batching, daemon=True)
+    t.start()
+    assert opened.wait(10)
+    assert zero.read(2) == bytes(2)  # not taken into the other thread's batch
+    release.set()
+    t.join(10)
+    d = got["d"]
+    assert isinstance(d, bridge.Deferred) and d.result() == bytes(7)
+    assert host._batches_open == 0 and host._fast == host._fast_ok()
+    with host.open("pty") as dev:
+        out: list[object] = []
+        w = threading.Thread(target=lambda: out.append(dev.write(d)))  # type: ignore[arg-type]
+        w.start()
+        w.join(10)
+        assert out == [7]
+    assert shared_pty.read_master(7) == bytes(7)
+    zero.close()
