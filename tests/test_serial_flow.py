@@ -86,7 +86,10 @@ def test_pauses_and_resumes_lose_and_repeat_nothing(srv: ServerProc) -> None:
         offset = 0
         while port._pauses < 3 and offset < 1 << 30:
             offset = contiguous(port.read(1_000_001), offset)
-            time.sleep(0.005)  # a slow consumer: the buffer fills past the mark meanwhile
+            # A slow consumer: the buffer fills past the mark meanwhile (256 KiB take
+            # 6.5 ms at the source's 40 MB/s; 5 ms, tried before, left the pauses to chance:
+            # a run could read 1 GiB without the third).
+            time.sleep(0.02)
         assert port._pauses >= 3
         offset = contiguous(port.read(3_000_000), offset)  # and after the last resume
         assert port.status()["overflow"] == 0
