@@ -250,17 +250,12 @@ class Connection:
             end = mid + data_len
             if end > n or body_len + data_len > self.max_frame:
                 return MISS
+            if end == n:  # the last frame: the reply, as reply_result takes one
+                result = self.reply_result(buf[pos:n], n - pos, id) if events else MISS
+                return MISS if result is MISS else (events, result)
             try:
                 body = unpackb(buf[pos + 8:mid], ext_hook=ext_hook, strict_map_key=False)
             except Exception:  # malformed: receive() reports it
-                return MISS
-            if end == n:  # the last frame: the reply, checked as reply_result does
-                if events and type(body) is list and len(body) == 3 and body[0] == 2 \
-                        and body[1] == id and type(body[1]) is int:
-                    if not data_len:
-                        return events, body[2]
-                    if body[2] is None:
-                        return events, bytes(buf[mid:n])
                 return MISS
             # An earlier frame: an Event, checked as decode_body checks one.
             if not (type(body) is list and len(body) == 4 and body[0] == 6
