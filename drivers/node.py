@@ -38,11 +38,9 @@ class Node(Proxy):
         # change), worked out once rather than on every write.
         self._write_limit = int(client.server_info.get("max_frame", 0)) - _FRAME_OVERHEAD
 
-    # Each method below uses ``_handle`` directly when it is already the host's number
-    # (always, but for a proxy opened inside a batch that has not run): the ``handle``
-    # property, which resolves a Deferred, would cost a failing hasattr() on every call.
-    # read() passes ``_handle`` as it is: a Deferred exists only once a batch did, and
-    # then Client.call resolves Deferred arguments itself (its path off the fast one).
+    # Each method below passes ``_handle`` as it is: the host's number, or for a proxy
+    # opened inside a batch, that batch's Deferred, which the client's packer sends as a
+    # reference inside the batch and as its result after it (Client._pack_default).
 
     def read(self, n: int) -> Any:
         """Up to ``n`` bytes, waiting up to ``timeout`` for the first one (TimeoutError)."""
@@ -58,15 +56,11 @@ class Node(Proxy):
         if limit > 0 and isinstance(data, _BYTES) and len(data) > limit:
             data = memoryview(data)[:limit]
         h = self._handle
-        if type(h) is not int:
-            h = self.handle
         return self.client.call("write", [h, data, self.write_timeout])
 
     def poll(self, timeout: float | None = 0.0) -> Any:
         """True when the node is readable within ``timeout`` seconds."""
         h = self._handle
-        if type(h) is not int:
-            h = self.handle
         return self.client.call("poll", [h, timeout])
 
     def ioctl(self, request: str | int, arg: Any = None) -> Any:
@@ -77,8 +71,6 @@ class Node(Proxy):
         the int return value.
         """
         h = self._handle
-        if type(h) is not int:
-            h = self.handle
         if arg is None or type(arg) is int or type(arg) is bytes:
             # Nothing to convert either way (the common case): no closure per call.
             return self.client.call("ioctl", [h, request, arg], _ioctl_result)
