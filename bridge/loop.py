@@ -1,9 +1,9 @@
 # The device host's event loop for plain (TCP and Unix) connections: one thread waits on
 # every socket with a selector, reads frames, and runs the calls that cannot wait right
 # there; everything else goes to the connection's own "lane" thread, in order. Owns
-# non-blocking sends with per-connection output queues (and the back-pressure they give),
-# the receive deadlines (handshake, frame, idle) as a periodic sweep, and connection
-# teardown. TLS connections keep a thread each (bridge/server.py).
+# reading, the receive deadlines (handshake, frame, idle) as a periodic sweep, and
+# connection teardown; sending and the lane are bridge/loopconn.py. TLS connections keep a
+# thread each (bridge/server.py).
 #
 # Why a loop: with a thread per connection, every request wakes a thread that then fights
 # for the GIL; many busy clients turn into a convoy of GIL hand-offs. One thread serving
@@ -18,18 +18,17 @@
 # order.
 from __future__ import annotations
 
-import collections
 import contextlib
 import errno
 import logging
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from .loopconn import CLOSE, PAUSE_OUT, Conn
 from .poller import READ, READABLE, WRITE, make_poller
-from .protocol import MISS, Call, Connection, Error, Hello, Message, ProtocolError, Reply, Role
-from .session import Session
+from .protocol import MISS, Call, Error, Hello, ProtocolError
 
 if TYPE_CHECKING:
     from .server import Server
@@ -38,210 +37,7 @@ log = logging.getLogger("hwbridge.server")
 
 RECV_SIZE = 64 * 1024
 SWEEP = 0.1  # seconds between deadline sweeps (deadlines are whole seconds or halves)
-WAIT_OUT = 4 << 20  # threads pushing events wait while this many bytes are queued
-# Stop reading a client's requests while this much output waits for it. Above what pushes
-# alone queue (WAIT_OUT and one push), so a client that streams still has its requests
-# read (stream(False) among them); a client that sends requests without reading the
-# replies stops being read here.
-PAUSE_OUT = 2 * WAIT_OUT
-# The loop thread itself never waits: events it causes for another connection (a write to
-# one end of a simulated UART pair, say) queue there. A client that lets this much pile
-# up is not reading at all, and is dropped.
-DROP_OUT = 64 << 20
-LANE_LINGER = 1.0  # an idle lane thread waits this long for more work before it ends
 FINAL_SEND = 2.0  # seconds a closing connection may take to send its last replies
-_CLOSE = object()  # lane sentinel: the connection ended; close its session
-
-
-class _Conn:
-    """One plain connection served by the loop."""
-
-    def __init__(self, loop: Loop, sock: socket.socket, peer: str, max_frame: int) -> None:
-        self.loop = loop
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.peer = peer
-        self.conn = Connection(Role.SERVER, max_frame)
-        self.lock = threading.Lock()  # the Connection's packer and the output queue
-        self.drained = threading.Condition(self.lock)
-        self.out: collections.deque[bytes | memoryview] = collections.deque()
-        self.out_bytes = 0
-        self.lane: collections.deque[Any] = collections.deque()
-        self.lane_cv = threading.Condition(threading.Lock())
-        self.lane_busy = 0  # messages queued on the lane or running there
-        self.lane_thread = False
-        self.mask = 0
-        self.greeted = False
-        self.handshake_done = False
-        self.admitted = False
-        self.closing = False  # the loop stopped serving it; its lane finishes the rest
-        self.ended = False  # closed: nothing is sent any more
-        self.accepted = time.monotonic()
-        self.last_rx = self.accepted
-        self.rx = False  # bytes arrived since the last sweep
-        self.frame_started: float | None = None
-        # While the loop thread runs one of this connection's calls, messages that call
-        # pushes from the loop thread (events its op raised, say a GPIO edge on a line the
-        # same client watches) are held and leave with the reply, in one send: the client
-        # then wakes once for both, not once per frame. See Loop._readable.
-        self.corked = False
-        self.held: list[bytes | memoryview] = []
-        self.session = Session(loop.server.host, self.send, peer, reply=self.reply)
-
-    # -- sending (any thread) -------------------------------------------------------------
-
-    def send(self, msg: Message) -> None:
-        with self.lock:
-            if self.ended:
-                return
-            bufs = self.conn.send(msg)
-            # Held while the loop runs a call of this connection, and behind anything held
-            # (a device thread pushing meanwhile must not overtake what the call pushed).
-            if self.held or self.corked and threading.get_ident() == self.loop.tid:
-                # Copied unless immutable: the op may reuse its buffer before the reply.
-                self.held += [b if type(b) is bytes else bytes(b) for b in bufs]
-                return
-            self._write(bufs)
-        self._after_write()
-
-    def send_held(self) -> None:
-        """Send what a call that ran on the loop pushed and did not reply to (loop thread,
-        after the call)."""
-        with self.lock:
-            held, self.held = self.held, []
-            if not self.ended:
-                self._write(held)
-        self._after_write()
-
-    def reply(self, rid: int, result: Any) -> None:
-        with self.lock:
-            if self.ended:
-                return
-            raw = self.conn.reply_bytes(rid, result)
-            if self.held:  # what this call pushed goes first, in the same send
-                bufs: list[bytes | memoryview] = \
-                    self.conn.send(Reply(rid, result)) if raw is None else [raw]
-                held, self.held = self.held, []  # (kept if the reply raised: too large)
-                self._write(held + bufs)
-            elif raw is None:
-                self._write(self.conn.send(Reply(rid, result)))
-            elif self.out:
-                self._write([raw])
-            else:
-                # The hot path: the whole reply fits in the socket buffer at once.
-                try:
-                    sent = self.sock.send(raw)
-                except BlockingIOError:
-                    sent = 0
-                except OSError:
-                    return  # the peer went away; the read side notices and cleans up
-                if sent == len(raw):
-                    return
-                self.out.append(memoryview(raw)[sent:])
-                self.out_bytes += len(raw) - sent
-        self._after_write()
-
-    def _write(self, bufs: list[bytes | memoryview]) -> None:
-        """Send what the socket takes now, queue the rest (called with the lock held).
-
-        Queued bytes objects are kept as they are (immutable); anything else is copied,
-        since a handle may reuse its buffer once the call returns."""
-        sent = 0
-        if not self.out:
-            try:
-                sent = self.sock.send(bufs[0]) if len(bufs) == 1 else self.sock.sendmsg(bufs)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                return  # the peer went away; the read side notices and cleans up
-        for b in bufs:
-            view = memoryview(b).cast("B")
-            n = len(view)
-            if sent >= n:
-                sent -= n
-                continue
-            rest = view[sent:] if type(b) is bytes else bytes(view[sent:])
-            sent = 0
-            self.out.append(rest)
-            self.out_bytes += len(rest)
-        if self.out_bytes > DROP_OUT:
-            log.warning("%s: %d bytes queued and not read; closing", self.peer, self.out_bytes)
-            self.out.clear()
-            self.out_bytes = 0
-            with contextlib.suppress(OSError):
-                self.sock.shutdown(socket.SHUT_RDWR)  # the loop sees the end and cleans up
-
-    def _after_write(self) -> None:
-        if not self.out:
-            return
-        if threading.get_ident() == self.loop.tid:
-            self.loop.update(self)
-            return
-        self.loop.dirty(self)
-        with self.lock:  # back-pressure on threads that push (events, waiting ops)
-            while self.out_bytes > WAIT_OUT and not self.closing:
-                self.drained.wait(1.0)
-
-    def flush(self) -> bool:
-        """Send queued bytes (loop thread, socket writable); False if the peer is gone."""
-        with self.lock:
-            out = self.out
-            while out:
-                b = out[0]
-                try:
-                    n = self.sock.send(b)
-                except BlockingIOError:
-                    break
-                except OSError:
-                    out.clear()
-                    self.out_bytes = 0
-                    self.drained.notify_all()
-                    return False
-                self.out_bytes -= n
-                if n == len(b):
-                    out.popleft()
-                else:
-                    out[0] = memoryview(b)[n:]
-                    break
-            if self.out_bytes <= WAIT_OUT:
-                self.drained.notify_all()
-        return True
-
-    # -- the lane: this connection's calls that must not run on the loop ------------------
-
-    def to_lane(self, item: Any) -> None:
-        with self.lane_cv:
-            self.lane.append(item)
-            self.lane_busy += 1
-            if self.lane_thread:
-                self.lane_cv.notify()
-                return
-            self.lane_thread = True
-        self.loop.server.spawn(self._lane, "hwbridge-lane")
-
-    def _lane(self) -> None:
-        while True:
-            with self.lane_cv:
-                while not self.lane:
-                    if not self.lane_cv.wait(LANE_LINGER) and not self.lane:
-                        self.lane_thread = False
-                        return
-                item = self.lane.popleft()
-            try:
-                if item is _CLOSE:
-                    self.loop.finish(self)
-                    return
-                if type(item) is Error:  # why the loop ended the connection, after the
-                    self.send(item)  # replies of the calls before it
-                else:
-                    self.session.handle(item)
-            except Exception:
-                log.exception("%s: call failed", self.peer)
-            finally:
-                with self.lane_cv:
-                    self.lane_busy -= 1
-                if not self.mask & READ and not self.ended:
-                    self.loop.dirty(self)  # reading may have paused on a full lane: resume
 
 
 class Loop:
@@ -250,14 +46,14 @@ class Loop:
     def __init__(self, server: Server) -> None:
         self.server = server
         self.poller = make_poller()
-        self.conns: dict[int, _Conn] = {}
+        self.conns: dict[int, Conn] = {}
         self.listeners: dict[int, socket.socket] = {}
         self.tid = 0
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self.poller.register(self._wake_r.fileno(), READ)
-        self._dirty: set[_Conn] = set()
+        self._dirty: set[Conn] = set()
         self._dirty_lock = threading.Lock()
         self._woken = False
         self._stopping = False
@@ -278,7 +74,7 @@ class Loop:
 
     # -- requests from other threads ------------------------------------------------------
 
-    def dirty(self, c: _Conn) -> None:
+    def dirty(self, c: Conn) -> None:
         """Ask the loop to recompute what ``c`` waits for (output queued, lane drained)."""
         with self._dirty_lock:
             self._dirty.add(c)
@@ -340,7 +136,7 @@ class Loop:
         for c in dirty:
             self.update(c)
 
-    def update(self, c: _Conn) -> None:
+    def update(self, c: Conn) -> None:
         """Wait for what ``c`` needs now: output room while replies are queued; more
         requests unless too many replies wait or the lane is full (back-pressure)."""
         if self.conns.get(c.fd) is not c:
@@ -376,12 +172,12 @@ class Loop:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             from .server import _peer_name
 
-            c = _Conn(self, sock, _peer_name(sock, addr), srv.max_frame)
+            c = Conn(self, sock, _peer_name(sock, addr), srv.max_frame)
             self.conns[c.fd] = c
             srv.track(sock, True)
             self.update(c)
 
-    def _readable(self, c: _Conn) -> None:
+    def _readable(self, c: Conn) -> None:
         try:
             if c.frame_started is None:  # between frames: into the shared buffer
                 n = c.sock.recv_into(self._rbuf)
@@ -443,7 +239,7 @@ class Loop:
         if c.lane_busy >= self.max_in_flight or c.out:
             self.update(c)
 
-    def _greet(self, c: _Conn, hello: Hello) -> bool:
+    def _greet(self, c: Conn, hello: Hello) -> bool:
         if not self.server.greet(c.sock, c.session, hello, c, c.send):
             return False
         c.greeted = True
@@ -473,7 +269,7 @@ class Loop:
 
     # -- teardown -------------------------------------------------------------------------
 
-    def end(self, c: _Conn, error: Error | None = None) -> None:
+    def end(self, c: Conn, error: Error | None = None) -> None:
         """Stop serving ``c`` (loop thread). Its lane finishes: the calls queued there,
         then ``error`` (why it ended) if any, then closing its handles and socket, so
         closing devices never stalls the loop."""
@@ -488,9 +284,9 @@ class Loop:
             c.drained.notify_all()
         if error is not None:
             c.to_lane(error)
-        c.to_lane(_CLOSE)
+        c.to_lane(CLOSE)
 
-    def finish(self, c: _Conn) -> None:
+    def finish(self, c: Conn) -> None:
         """The last act of a connection's lane: send what is queued (briefly, best
         effort), close its handles, close its socket."""
         srv = self.server

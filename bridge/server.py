@@ -19,7 +19,8 @@ from typing import Any
 from . import __version__
 from .host import Host
 from .limits import Deadlines
-from .loop import Loop, _Conn
+from .loop import Loop
+from .loopconn import Conn
 from .protocol import (
     FEATURES,
     Call,
@@ -308,7 +309,7 @@ class Server:
     # -- identity and limits (bridge/tls.py, grants.py, limits.py) -------------------------
 
     def greet(self, sock: socket.socket, session: Session, hello: Hello,
-              state: Deadlines | _Conn, send: Callable[[Message], None]) -> bool:
+              state: Deadlines | Conn, send: Callable[[Message], None]) -> bool:
         """Admit the client of ``hello`` and answer it; False if it was refused (told why)."""
         try:
             self._admit(sock, session, hello.info.get("token"), state)
@@ -355,7 +356,7 @@ class Server:
         return tls
 
     def _admit(self, sock: socket.socket, session: Session, token: object,
-               deadlines: Deadlines | _Conn) -> None:
+               deadlines: Deadlines | Conn) -> None:
         """Decide who the client is and what it sees; PermissionError refuses it."""
         policy = self.host.manifest.policy
         names = peer_names(sock.getpeercert()) if isinstance(sock, ssl.SSLSocket) else []

@@ -17,7 +17,7 @@ from bridge.sim.nodes import ZeroNode
 
 import bridge
 from bridge.host import Host
-from bridge.loop import WAIT_OUT
+from bridge.loopconn import WAIT_OUT
 from bridge.manifest import parse
 from bridge.protocol import NEED_DATA, Call, Connection, Error, Event, Hello, Reply, Role
 from bridge.server import Server
