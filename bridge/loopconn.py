@@ -67,7 +67,7 @@ class Conn:
         # While the loop thread runs one of this connection's calls, messages that call
         # pushes from the loop thread (events its op raised, say a GPIO edge on a line the
         # same client watches) are held and leave with the reply, in one send: the client
-        # then wakes once for both, not once per frame. See Loop._readable.
+        # then wakes once for both, not once per frame. See Loop._readable (bridge/loop.py).
         self.corked = False
         self.held: list[bytes | memoryview] = []
         self.session = Session(loop.server.host, self.send, peer, reply=self.reply)

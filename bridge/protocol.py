@@ -237,7 +237,7 @@ class Connection:
         :meth:`reply_result`, which the caller tries first).
 
         The events a call raised (a serial instrument's answer, a GPIO edge) come in one
-        receive with its reply, since the host sends them together (bridge/loop.py).
+        receive with its reply, since the host sends them together (bridge/loopconn.py).
         """
         if not (self.state is _READY and self._pos >= len(self._buf)
                 and self._stash is None and not self._eof):
