@@ -24,7 +24,7 @@ max_handles = 3
 max_in_flight = 2
 handshake_timeout = 1.0  # room for a loaded CI machine; the trickle below outlasts it
 frame_timeout = 0.5
-idle_timeout = 2.0  # above the handshake trickle, so the witness stays
+idle_timeout = 60.0  # the witness must outlast a stalled test process; see IDLE_MANIFEST
 
 [devices.uart0]
 kind = "serial"
@@ -36,9 +36,21 @@ sim = "null"
 """
 
 
+# The idle deadline has a host of its own: with a short one on the shared host, a witness
+# is closed whenever the test process stalls for that long (it did once on a loaded CI
+# machine, between two calls of _alive).
+IDLE_MANIFEST = MANIFEST.replace("idle_timeout = 60.0", "idle_timeout = 2.0")
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
     with start_server(MANIFEST, workdir=tmp_path_factory.mktemp("limits")) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def idle_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
+    with start_server(IDLE_MANIFEST, workdir=tmp_path_factory.mktemp("idle")) as s:
         yield s
 
 
@@ -179,7 +191,8 @@ def test_frame_deadline(server: ServerProc, witness: bridge.Client) -> None:
     _alive(witness)
 
 
-def test_idle_deadline_spares_a_waiting_client(server: ServerProc) -> None:
+def test_idle_deadline_spares_a_waiting_client(idle_server: ServerProc) -> None:
+    server = idle_server
     with bridge.connect(server.url) as idle, bridge.connect(server.url) as busy:
         h = busy.call("open", ["uart0"])
         p = busy.submit("read", [h, 1, 3.0])  # waits 3 s on the host: not idle
