@@ -153,9 +153,11 @@ def test_taking_a_lease_fences_other_users(clients: Callable[[], bridge.Client])
 
 def test_renewal_keeps_the_lease(clients: Callable[[], bridge.Client]) -> None:
     a, b = clients(), clients()
-    with a.lease("spi0", ttl=0.3) as lease:  # renewed every 0.1 s in the background
+    # Renewed every ttl/3 s in the background; b waits past the ttl. The ttl is long enough
+    # that a stalled test process (seconds, on a loaded CI machine) does not end the lease.
+    with a.lease("spi0", ttl=2.4) as lease:
         with pytest.raises(TimeoutError):
-            b.lease("spi0", timeout=0.8)
+            b.lease("spi0", timeout=3.0)
         assert lease.error is None
 
 

@@ -66,6 +66,7 @@ def test_a_port_nobody_reads_pauses_and_its_buffer_stops_growing(srv: ServerProc
         port.write(b"go")
         offset = contiguous(port.read(1000), 0)
         wait_until(lambda: port.status()["streaming"] is False)
+        wait_until(lambda: len(port._rx) >= 1 << 20)  # the port's buffer reached the mark
         time.sleep(0.2)  # what was in flight when the host stopped lands
         held = len(port._rx)
         assert 1 << 20 <= held <= (1 << 20) + IN_FLIGHT
