@@ -103,14 +103,18 @@ class Loop:
                 for fd, ev in poll(SWEEP if conns else None):
                     c = conns.get(fd)
                     if c is not None:
-                        if ev == read:  # the common event: a request came
-                            readable(c)
-                        elif ev & write and not c.flush():
+                        try:  # (free in 3.11 unless something raises)
+                            if ev == read:  # the common event: a request came
+                                readable(c)
+                            elif ev & write and not c.flush():
+                                self.end(c)
+                            elif ev & ready:
+                                readable(c)
+                            else:
+                                self.update(c)
+                        except Exception:  # a bug serving one client ends that client only
+                            log.exception("%s: connection failed", c.peer)
                             self.end(c)
-                        elif ev & ready:
-                            readable(c)
-                        else:
-                            self.update(c)
                     elif fd == wake:
                         self._drain_wake()
                     elif fd in self.listeners:

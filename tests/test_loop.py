@@ -206,6 +206,29 @@ def test_events_an_inline_call_pushes_leave_with_its_reply() -> None:
         assert isinstance(err, Error) and (err.id, err.errno) == (4, 22), err
 
 
+def test_a_bug_serving_one_client_ends_that_client_only() -> None:
+    """An exception nothing below the loop caught (a bug on some path) ends the connection
+    being served, and the loop goes on serving everyone else."""
+    devices = {"zero": {"kind": "node", "sim": "zero"}}
+    with _in_process(devices, "zero") as (server, port, sessions, sock, conn, h):
+        loop = server._loop
+        assert loop is not None
+        end = time.monotonic() + 10
+        while any(c.lane_busy for c in list(loop.conns.values())):  # open's lane is done
+            assert time.monotonic() < end
+            time.sleep(0.01)
+
+        def bug(call: Call) -> bool:
+            raise RuntimeError("a bug")
+
+        sessions[0].call_inline = bug  # type: ignore[method-assign]
+        sock.sendall(_frame(conn, Call(2, "read", [h, 4, None])))
+        assert sock.recv(1 << 16) == b""  # that client is ended
+        with bridge.connect(f"hwbridge://127.0.0.1:{port}", timeout=5) as other, \
+                other.open("zero") as z:
+            assert z.read(4) == bytes(4)
+
+
 def test_a_slow_operation_stalls_no_other_connection(server: ServerProc) -> None:
     with bridge.connect(server.url) as a, bridge.connect(server.url) as b:
         slow = a.call("open", ["slow"])
