@@ -38,6 +38,9 @@ log = logging.getLogger("hwbridge.server")
 RECV_SIZE = 64 * 1024
 SWEEP = 0.1  # seconds between deadline sweeps (deadlines are whole seconds or halves)
 FINAL_SEND = 2.0  # seconds a closing connection may take to send its last replies
+#: accept() errors that mean "out of descriptors or memory now": the connection waits in
+#: the listen queue and accepting is tried again a sweep later
+STARVED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 class Loop:
@@ -48,6 +51,10 @@ class Loop:
         self.poller = make_poller()
         self.conns: dict[int, Conn] = {}
         self.listeners: dict[int, socket.socket] = {}
+        # Listeners not polled until the next sweep: accept failed for want of file
+        # descriptors or memory, and a level-triggered poll would spin on them meanwhile.
+        self.paused: set[int] = set()
+        self._starved = False  # warned that accepting failed; cleared by the next accept
         self.tid = 0
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -100,7 +107,7 @@ class Loop:
         next_sweep = monotonic() + SWEEP
         try:
             while not self._stopping:
-                for fd, ev in poll(SWEEP if conns else None):
+                for fd, ev in poll(SWEEP if conns or self.paused else None):
                     c = conns.get(fd)
                     if c is not None:
                         try:  # (free in 3.11 unless something raises)
@@ -119,7 +126,7 @@ class Loop:
                         self._drain_wake()
                     elif fd in self.listeners:
                         self._accept(self.listeners[fd])
-                if conns:
+                if conns or self.paused:
                     now = monotonic()
                     if now >= next_sweep:
                         next_sweep = now + SWEEP
@@ -165,9 +172,17 @@ class Loop:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
-                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.warning("accept failed: %s", e)
+                if e.errno in STARVED:  # retried at the next sweep, not again at once
+                    if not self._starved:
+                        log.warning("accept failed: %s; new connections wait until it "
+                                    "succeeds (tried every %.1f s)", e, SWEEP)
+                        self._starved = True
+                    self.poller.unregister(listener.fileno())
+                    self.paused.add(listener.fileno())
                 return
+            if self._starved:
+                log.warning("accepting connections again")
+                self._starved = False
             if not srv.start_handshake(addr):
                 sock.close()
                 continue
@@ -250,6 +265,9 @@ class Loop:
         return True
 
     def _sweep(self, now: float) -> None:
+        for fd in self.paused:
+            self.poller.register(fd, READ)
+        self.paused.clear()
         limits = self.server.limits
         for c in list(self.conns.values()):
             if c.rx:

@@ -19,7 +19,7 @@ from typing import Any
 from . import __version__
 from .host import Host
 from .limits import Deadlines
-from .loop import Loop
+from .loop import STARVED, Loop
 from .loopconn import Conn
 from .protocol import (
     FEATURES,
@@ -40,6 +40,7 @@ log = logging.getLogger("hwbridge.server")
 
 RECV_SIZE = 64 * 1024
 HELLO_TIMEOUT = 10.0
+ACCEPT_RETRY = 0.1  # seconds before accepting again after running out of descriptors
 SHUTDOWN_GRACE = 10.0  # seconds shutdown() waits for connections to close their handles
 
 
@@ -146,14 +147,25 @@ class Server:
         self.host.close()
 
     def _accept_loop(self, listener: socket.socket) -> None:
+        starved = False  # warned that accepting failed; cleared by the next accept
         while not self._stopping.is_set():
             try:
                 sock, addr = listener.accept()
             except OSError as e:
                 if self._stopping.is_set() or e.errno in (errno.EBADF, errno.EINVAL):
                     return
-                log.warning("accept failed: %s", e)
+                if e.errno in STARVED:  # retried shortly, not again at once
+                    if not starved:
+                        log.warning("accept failed: %s; new connections wait until it "
+                                    "succeeds (tried every %.1f s)", e, ACCEPT_RETRY)
+                        starved = True
+                    self._stopping.wait(ACCEPT_RETRY)
+                else:
+                    log.warning("accept failed: %s", e)
                 continue
+            if starved:
+                log.warning("accepting connections again")
+                starved = False
             if not self.start_handshake(addr):
                 sock.close()
                 continue

@@ -57,16 +57,25 @@ class ServerProc:
         self.stop()
 
 
+# `hwbridge serve ARGS` with a limit of N open files: python -c _NOFILE N serve ARGS
+_NOFILE = ("import resource, runpy, sys; n = int(sys.argv.pop(1)); "
+           "resource.setrlimit(resource.RLIMIT_NOFILE, (n, n)); "
+           "runpy.run_module('bridge.cli', run_name='__main__')")
+
+
 def start_server(manifest: str | None = None, *extra: str, workdir: Path | None = None,
-                 env: dict[str, str] | None = None) -> ServerProc:
-    """Start `hwbridge serve` on 127.0.0.1 with a free port and wait until it listens."""
-    cmd = [sys.executable, "-m", "bridge.cli", "serve", "--listen", "127.0.0.1:0", *extra]
+                 env: dict[str, str] | None = None, nofile: int | None = None) -> ServerProc:
+    """Start `hwbridge serve` on 127.0.0.1 with a free port and wait until it listens;
+    ``nofile`` limits the open files of the server process (RLIMIT_NOFILE)."""
+    args = ["serve", "--listen", "127.0.0.1:0", *extra]
     path = None
     if manifest is not None:
         d = workdir or Path(tempfile.mkdtemp(prefix="hwbridge-"))
         path = d / f"host-{time.monotonic_ns()}.toml"
         path.write_text(manifest)
-        cmd[4:4] = ["--config", str(path)]
+        args[1:1] = ["--config", str(path)]
+    cmd = [sys.executable, "-m", "bridge.cli", *args] if nofile is None else \
+        [sys.executable, "-c", _NOFILE, str(nofile), *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env={**os.environ, **(env or {})})
     assert proc.stdout is not None
