@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import logging
 import socket
 import threading
@@ -201,7 +202,27 @@ class Conn:
                 self.lane_cv.notify()
                 return
             self.lane_thread = True
-        self.loop.server.spawn(self._lane, "hwbridge-lane")
+        try:
+            self.loop.server.spawn(self._lane, "hwbridge-lane")
+        except RuntimeError as e:  # no thread to be had (a process, pid or memory limit)
+            with self.lane_cv:  # the lane had no thread: ``item`` is all it holds
+                self.lane.clear()
+                self.lane_busy -= 1
+                self.lane_thread = False
+            self._without_lane(item, e)
+
+    def _without_lane(self, item: Any, e: RuntimeError) -> None:
+        """What becomes of ``item`` when no lane thread could start (loop thread): a call
+        or batch fails with EAGAIN, the connection lives on; its end is done right here."""
+        log.warning("%s: no thread for its lane: %s", self.peer, e)
+        if item is CLOSE:
+            self.loop.finish(self)
+        elif type(item) is Error:
+            self.send(item)
+        elif isinstance(getattr(item, "id", None), int):
+            self.send(Error(item.id, errno.EAGAIN,
+                            f"the host could not start a thread for this call ({e}); "
+                            "try again"))
 
     def _lane(self) -> None:
         while True:

@@ -169,7 +169,13 @@ class Server:
             if not self.start_handshake(addr):
                 sock.close()
                 continue
-            self.spawn(functools.partial(self._serve_conn, sock, addr), "hwbridge-conn")
+            try:
+                self.spawn(functools.partial(self._serve_conn, sock, addr), "hwbridge-conn")
+            except RuntimeError as e:  # no thread for it: refuse this one, serve on
+                log.warning("%s: no thread for the connection: %s; closed", addr, e)
+                self.end_handshake()
+                sock.close()
+                self._stopping.wait(ACCEPT_RETRY)
 
     def start_handshake(self, addr: Any) -> bool:
         """Count a new connection as handshaking; False (close it) past the limit."""
@@ -193,7 +199,12 @@ class Server:
         t = threading.Thread(target=tracked, daemon=True, name=name)
         with self._lock:
             self._conn_threads.add(t)
-        t.start()
+        try:
+            t.start()
+        except RuntimeError:  # can't start new thread: not one shutdown() should wait for
+            with self._lock:
+                self._conn_threads.discard(t)
+            raise
 
     def track(self, sock: socket.socket, live: bool) -> None:
         """Keep the set of open connection sockets that shutdown() drops."""

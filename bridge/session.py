@@ -320,15 +320,18 @@ class Session:
                 raise BlockingIOError(errno.EAGAIN,
                                       f"more than {self.max_waiting} waiting operations")
             self._waiting += 1
+        try:
+            threading.Thread(target=self._counted, args=(run,), name=name, daemon=True).start()
+        except RuntimeError as e:  # can't start new thread: this call fails, EAGAIN
+            self._counted(lambda: None)
+            raise BlockingIOError(errno.EAGAIN, f"no thread for this wait: {e}") from e
 
-        def counted() -> None:
-            try:
-                run()
-            finally:
-                with self._lock:
-                    self._waiting -= 1
-
-        threading.Thread(target=counted, name=name, daemon=True).start()
+    def _counted(self, run: Callable[[], None]) -> None:
+        try:
+            run()
+        finally:
+            with self._lock:
+                self._waiting -= 1
 
     def _batch(self, b: Batch, start: int, results: list[Any], on_thread: bool) -> None:
         """Run ops from ``start``; on the first op that must wait, go on in a thread."""
@@ -464,8 +467,7 @@ class Session:
             if self.closed:
                 close_quietly(handle)
                 raise OSError(errno.ECONNRESET, "connection closed")
-            hid = self._next
-            self._next += 1
+            hid, self._next = self._next, self._next + 1
             self.handles[hid] = Entry(handle, want)
         handle.attach(lambda topic, payload: self._event(topic, hid, payload))
         return hid
@@ -476,8 +478,7 @@ class Session:
 
     def _error(self, e: BaseException, op: str, args: Sequence[Any]) -> tuple[int, str]:
         """errno and message for an exception raised while running ``op``."""
-        where = op
-        device = ""
+        where, device = op, ""
         if args and type(args[0]) is int and (op not in _CORE_OPS or op == "share"):
             entry = self.handles.get(args[0])
             if entry is not None:

@@ -4,6 +4,7 @@ selectors fallback (hosts without epoll) serves the same; large replies queue an
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 import threading
@@ -227,6 +228,53 @@ def test_a_bug_serving_one_client_ends_that_client_only() -> None:
         with bridge.connect(f"hwbridge://127.0.0.1:{port}", timeout=5) as other, \
                 other.open("zero") as z:
             assert z.read(4) == bytes(4)
+
+
+class _NoHostThread(threading.Thread):
+    """A host that cannot start threads (a pid or memory limit): the host's own fail."""
+
+    def start(self) -> None:
+        if self.name.startswith("hwbridge-"):
+            raise RuntimeError("can't start new thread")
+        super().start()
+
+
+def test_a_host_out_of_threads_fails_those_calls_and_serves_on(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no thread to be had, a call for the lane (open) and a wait (a read with nothing
+    to read) fail with EAGAIN and the connection goes on; calls on the loop still work;
+    the connection's end is done on the loop; once threads come back, all is as before."""
+    monkeypatch.setattr("bridge.loopconn.LANE_LINGER", 0.01)  # idle lane threads end soon
+    devices = {"uart0": {"kind": "serial", "sim": "loopback"}}
+    with _in_process(devices, "uart0") as (server, port, sessions, sock, conn, h):
+        loop = server._loop
+        assert loop is not None
+        end = time.monotonic() + 10
+        while any(c.lane_thread for c in list(loop.conns.values())):
+            assert time.monotonic() < end
+            time.sleep(0.01)
+        with monkeypatch.context() as m:
+            m.setattr(threading, "Thread", _NoHostThread)
+            sock.sendall(_frame(conn, Call(2, "open", ["uart0"])) +
+                         _frame(conn, Call(3, "read", [h, 1, 5.0])) +
+                         _frame(conn, Call(4, "in_waiting", [h])))
+            got = [_next(sock, conn) for _ in range(3)]
+            assert [(type(e), e.id) for e in got] == [(Error, 2), (Error, 3), (Reply, 4)]
+            assert [e.errno for e in got[:2]] == [errno.EAGAIN] * 2, got
+            assert "can't start new thread" in got[0].message, got[0]
+            assert sessions[0]._waiting == 0  # the failed wait holds no slot
+            other = socket.create_connection(("127.0.0.1", port), timeout=20)
+            other_conn = Connection(Role.CLIENT)
+            other.sendall(_frame(other_conn, Hello()))
+            assert isinstance(_next(other, other_conn), Hello)
+            other.close()  # its end runs on the loop: no lane thread for it
+            end = time.monotonic() + 10
+            while len(sessions) < 2 or not sessions[1].closed:
+                assert time.monotonic() < end, "the connection's end never ran"
+                time.sleep(0.01)
+        sock.sendall(_frame(conn, Call(5, "open", ["uart0"])))  # threads again: as before
+        reply = _next(sock, conn)
+        assert isinstance(reply, Reply) and type(reply.result) is int, reply
 
 
 def test_a_slow_operation_stalls_no_other_connection(server: ServerProc) -> None:
