@@ -266,7 +266,8 @@ class Loop:
 
     def _sweep(self, now: float) -> None:
         for fd in self.paused:
-            self.poller.register(fd, READ)
+            with contextlib.suppress(OSError, ValueError):  # closed meanwhile (shutdown)
+                self.poller.register(fd, READ)
         self.paused.clear()
         limits = self.server.limits
         for c in list(self.conns.values()):
