@@ -3,6 +3,7 @@
 # it prints. Host-side helper; the client never imports it.
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import selectors
@@ -10,10 +11,12 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+_KEEP = 4 << 20  # bytes of a server's output kept
 _READY = re.compile(r"serving \d+ devices on (hwbridges?://\S+)")
 
 
@@ -24,6 +27,31 @@ class ServerProc:
     url: str
     proc: subprocess.Popen[bytes]
     manifest: Path | None
+    # What it printed (its log), read all along by a thread: a pipe nobody reads would
+    # block the host's next log line once 64 KiB were waiting in it.
+    printed: bytearray = field(default_factory=bytearray)
+    _drain: threading.Thread | None = None
+
+    def _start_draining(self, first: bytes) -> None:
+        self.printed += first
+        out = self.proc.stdout
+        assert out is not None
+
+        def drain() -> None:
+            with contextlib.suppress(OSError, ValueError):
+                while chunk := os.read(out.fileno(), 65536):
+                    self.printed += chunk
+                    del self.printed[:-_KEEP]
+
+        self._drain = threading.Thread(target=drain, daemon=True, name="serverproc-drain")
+        self._drain.start()
+
+    def output(self, timeout: float = 10.0) -> str:
+        """Everything the server printed (the last 4 MiB); once it has exited, all of it
+        up to its exit (waits up to ``timeout`` s for the rest)."""
+        if self._drain is not None and self.proc.poll() is not None:
+            self._drain.join(timeout)
+        return self.printed.decode(errors="replace")
 
     def fd_count(self) -> int:
         """Open file descriptors of the server process right now (Linux /proc)."""
@@ -46,6 +74,8 @@ class ServerProc:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
+        if self._drain is not None:
+            self._drain.join(10)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         return self.proc.returncode
@@ -93,7 +123,9 @@ def start_server(manifest: str | None = None, *extra: str, workdir: Path | None 
             out += chunk
             m = _READY.search(out.decode(errors="replace"))
             if m:
-                return ServerProc(m.group(1), proc, path)
+                server = ServerProc(m.group(1), proc, path)
+                server._start_draining(out)
+                return server
     finally:
         sel.close()
     proc.kill()

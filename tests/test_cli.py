@@ -162,8 +162,7 @@ def test_serve_stops_cleanly_with_open_handles(sig: int, pty_for_serve: Pty,
         assert devs[2].read(4) == bytes(4)
         server.proc.send_signal(sig)
         assert server.proc.wait(timeout=20) == 0
-        assert server.proc.stdout is not None
-        out = server.proc.stdout.read().decode()
+        out = server.output()
         assert "hwbridge: stopped" in out and "Traceback" not in out
         with pytest.raises(OSError):  # the host really went away
             for _ in range(3):
