@@ -117,7 +117,12 @@ class Server:
 
     def serve_forever(self) -> None:
         self.start()
-        self._stopping.wait()
+        # Timed: the kernel may hand SIGTERM to another thread (one being started, say),
+        # and Python runs the handler only when the main thread next runs Python code; a
+        # wait with no end would never get there (seen: a host with lane threads coming
+        # and going ignored SIGTERM).
+        while not self._stopping.wait(0.5):
+            pass
 
     def shutdown(self) -> None:
         """Stop accepting, drop every connection (closing its handles), release backends."""

@@ -3,6 +3,7 @@
 # of `hwbridge serve` on SIGTERM and SIGINT while a client holds open handles.
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import json
 import os
@@ -169,6 +170,24 @@ def test_serve_stops_cleanly_with_open_handles(sig: int, pty_for_serve: Pty,
                 devs[2].read(4)
     finally:
         client.close()
+
+
+def test_sigterm_given_to_another_thread_stops_the_host(
+        make_server: Callable[..., ServerProc]) -> None:
+    """The kernel may hand a process's SIGTERM to any of its threads (it did, to a host
+    whose lane threads came and went), and Python runs the handler only in the main thread,
+    once that runs Python code: a main thread waiting with no end never stopped. Here the
+    signal goes to a thread other than the main one on purpose (tgkill)."""
+    tgkill = getattr(ctypes.CDLL(None, use_errno=True), "tgkill", None)
+    if tgkill is None:
+        pytest.skip("this C library has no tgkill()")
+    server = make_server('[devices.null]\nkind = "node"\nsim = "null"\n')
+    pid = server.proc.pid
+    others = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid)
+    assert others, "the host runs no thread besides its main one"
+    assert tgkill(pid, others[0], signal.SIGTERM) == 0, os.strerror(ctypes.get_errno())
+    assert server.proc.wait(timeout=20) == 0
+    assert "hwbridge: stopped" in server.output()
 
 
 @pytest.fixture
