@@ -2,6 +2,7 @@
 # a manifest text or serving the built-in simulated lab.
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -9,7 +10,17 @@ import pytest
 
 from bridge.testing import ServerProc, start_server
 
-__all__ = ["ServerProc", "start_server"]
+__all__ = ["NoHostThread", "ServerProc", "start_server"]
+
+
+class NoHostThread(threading.Thread):
+    """For a host in the test's process that cannot start threads (a pid or memory limit):
+    patched in for threading.Thread, the host's own threads ("hwbridge-...") fail."""
+
+    def start(self) -> None:
+        if self.name.startswith("hwbridge-"):
+            raise RuntimeError("can't start new thread")
+        super().start()
 
 
 @pytest.fixture

@@ -1,18 +1,27 @@
 """A host that runs out of file descriptors keeps serving the clients it has, does not spin
 on the failing accept (one warning, not one per poll), and accepts again once descriptors
 are free. Both ways in: the event loop (plain TCP) and the thread per TLS connection. The
-host runs with a small RLIMIT_NOFILE; the test fills it with real connections."""
+host runs with a small RLIMIT_NOFILE; the test fills it with real connections. Out of
+threads, a TLS host closes the new connection and serves on (the event loop's side of
+running out of threads: tests/test_loop.py)."""
 from __future__ import annotations
 
 import os
+import ssl
+import threading
 import time
+import tomllib
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 import bridge
+from bridge.host import Host
+from bridge.manifest import parse
+from bridge.server import Server
 
-from .conftest import ServerProc, start_server
+from .conftest import NoHostThread, ServerProc, start_server
 from .security_helpers import Pki, make_pki
 
 PLAIN = """
@@ -88,9 +97,35 @@ def test_running_out_of_descriptors_pauses_accepting_only(
     finally:
         for c in clients:
             c.close()
-    assert srv.stop() == 0
+    code = srv.stop()
     out = srv.output()
+    assert code == 0, out
     # Warned when it ran out (again: the accept after the last free descriptor fails too,
     # queue or no queue), not once per poll: that would be thousands of lines.
     assert 1 <= out.count("accept failed") <= 5, out
     assert "Too many open files" in out and "accepting connections again" in out, out
+
+
+def test_a_tls_host_out_of_threads_closes_new_connections_and_serves_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TLS connections have a thread each: with none to be had, the new connection is
+    closed at accept, the clients the host has are served, and once threads come back new
+    ones are accepted again."""
+    pki = make_pki(tmp_path)
+    host = Host(parse(tomllib.loads(pki.manifest())))
+    host.prepare()
+    server = Server(host)
+    _, port = server.listen_tcp("127.0.0.1", 0)
+    server.start()
+    url = f"hwbridges://127.0.0.1:{port}"
+    try:
+        with bridge.connect(url, **pki.client("alice")) as before:
+            with monkeypatch.context() as m:
+                m.setattr(threading, "Thread", NoHostThread)
+                with pytest.raises((ConnectionError, ssl.SSLError, TimeoutError)):
+                    bridge.connect(url, timeout=5, **pki.client("alice")).close()
+                _alive(before)
+            with bridge.connect(url, timeout=10, **pki.client("alice")) as after:
+                _alive(after)
+    finally:
+        server.shutdown()

@@ -24,7 +24,7 @@ from bridge.protocol import NEED_DATA, Call, Connection, Error, Event, Hello, Re
 from bridge.server import Server
 from bridge.session import Session
 
-from .conftest import ServerProc, start_server
+from .conftest import NoHostThread, ServerProc, start_server
 
 MANIFEST = """
 [devices.zero]
@@ -230,15 +230,6 @@ def test_a_bug_serving_one_client_ends_that_client_only() -> None:
             assert z.read(4) == bytes(4)
 
 
-class _NoHostThread(threading.Thread):
-    """A host that cannot start threads (a pid or memory limit): the host's own fail."""
-
-    def start(self) -> None:
-        if self.name.startswith("hwbridge-"):
-            raise RuntimeError("can't start new thread")
-        super().start()
-
-
 def test_a_host_out_of_threads_fails_those_calls_and_serves_on(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """With no thread to be had, a call for the lane (open) and a wait (a read with nothing
@@ -254,7 +245,7 @@ def test_a_host_out_of_threads_fails_those_calls_and_serves_on(
             assert time.monotonic() < end
             time.sleep(0.01)
         with monkeypatch.context() as m:
-            m.setattr(threading, "Thread", _NoHostThread)
+            m.setattr(threading, "Thread", NoHostThread)
             sock.sendall(_frame(conn, Call(2, "open", ["uart0"])) +
                          _frame(conn, Call(3, "read", [h, 1, 5.0])) +
                          _frame(conn, Call(4, "in_waiting", [h])))
