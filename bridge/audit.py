@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import errno as _errno
 import json
+import logging
 import os
 import threading
 from collections.abc import Sequence
@@ -21,18 +22,28 @@ if TYPE_CHECKING:
     from .backend import DeviceHandle, OpInfo
     from .timeout import Deadline
 
+log = logging.getLogger("hwbridge.audit")
+
 #: errno values that mean "not allowed" (a denial) rather than "failed".
 DENIED = frozenset({_errno.EACCES, _errno.EPERM, _errno.ESTALE})
 
 
 class AuditLog:
     """A thread-safe JSON Lines appender: the file is opened once, O_APPEND, mode 0600,
-    and each record is one ``write`` of one whole line (no buffering to lose)."""
+    and each record is one ``write`` of one whole line (no buffering to lose).
+
+    A record that cannot be written (disk full, I/O error) is lost, not the operation: the
+    host goes on serving, says so on its log once (and again when records are written
+    again, with how many were lost), and counts them in ``lost``. This is auditd's default
+    (``disk_full_action = SUSPEND``); docs/security.md says why.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._lock = threading.Lock()
+        self.lost = 0  # records not written since the last one that was
+        self._torn = False  # a line was cut short: the next record starts on a new line
 
     def write(self, event: str, *, principal: str = "", peer: str = "", device: str = "",
               op: str = "", detail: str = "", allowed: bool = True, errno: int = 0) -> None:
@@ -44,7 +55,24 @@ class AuditLog:
         with self._lock:
             if self._fd < 0:
                 return  # the host is shutting down
-            os.write(self._fd, line)
+            if self._torn:
+                line = b"\n" + line
+            view, done = memoryview(line), 0
+            try:
+                while done < len(line):
+                    done += os.write(self._fd, view[done:])
+            except OSError as e:
+                self._torn = self._torn or done > 0
+                if not self.lost:
+                    log.error("audit log %s: %s; records are lost until it can be "
+                              "written again", self.path, e.strerror or e)
+                self.lost += 1
+                return
+            self._torn = False
+            if self.lost:
+                log.warning("audit log %s is written again; %d records were lost",
+                            self.path, self.lost)
+                self.lost = 0
 
     def close(self) -> None:
         with self._lock:

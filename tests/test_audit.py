@@ -8,6 +8,8 @@ import errno
 import json
 import os
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -123,3 +125,66 @@ def test_no_log_without_the_setting(make_server: Callable[..., ServerProc],
     with bridge.connect(server.url) as c, c.open("null") as dev:
         dev.write(b"x")
     assert not list(tmp_path.glob("*.jsonl"))
+
+
+def test_a_full_disk_loses_records_not_operations(
+        make_server: Callable[..., ServerProc]) -> None:
+    """The log on a disk with no space (the kernel's /dev/full): connections, opens and
+    operations work as before, and the host says once that records are being lost."""
+    server = make_server('[server]\naudit = "/dev/full"\n' + DEVICES.replace(
+        '[devices.zero]\nkind = "node"\nsim = "zero"\n',
+        '[devices.zero]\nkind = "node"\nsim = "zero"\naccess = "r"\n'))
+    for _ in range(2):
+        with bridge.connect(server.url) as c, c.open("null") as dev:
+            assert dev.write(b"abc") == 3
+            with pytest.raises(PermissionError):
+                c.open("zero", "w")  # a denial: logged (lost) and refused as ever
+    server.proc.send_signal(15)
+    assert server.proc.wait(timeout=20) == 0
+    out = server.output()
+    assert out.count("records are lost") == 1, out
+    assert "/dev/full: No space left on device" in out, out
+
+
+# A host process whose audit file may grow to LIMIT bytes, then to any size: the records
+# past the limit are lost, one of them cut short, and those after it are whole again.
+_FSIZE = r"""
+import json, logging, resource, signal, sys
+from bridge.audit import AuditLog
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not death, past the limit
+limit = int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+log = AuditLog(sys.argv[1])
+for i in range(40):
+    log.write("open", device=f"dev{i}")
+lost = log.lost
+resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+for i in range(40, 43):
+    log.write("open", device=f"dev{i}")
+print(json.dumps({"lost": lost, "after": log.lost}))
+"""
+
+
+def test_records_lost_past_a_file_size_limit_and_whole_again_after(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    r = subprocess.run([sys.executable, "-c", _FSIZE, str(path), "4000"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    counts = json.loads(lines[-1])
+    assert counts["lost"] > 0 and counts["after"] == 0, r.stdout
+    assert sum("records are lost" in line for line in lines) == 1, r.stdout
+    assert f"{counts['lost']} records were lost" in r.stdout
+    text = path.read_text()
+    assert len(text.encode()) > 4000  # grew past the limit once it was lifted
+    whole, torn = [], []
+    for line in text.splitlines():
+        try:
+            whole.append(json.loads(line)["device"])
+        except json.JSONDecodeError:
+            torn.append(line)
+    assert len(torn) <= 1, torn  # at most the record the limit cut
+    assert whole[-3:] == ["dev40", "dev41", "dev42"]  # each on a line of its own
+    kept = 40 - counts["lost"]
+    assert whole[:kept] == [f"dev{i}" for i in range(kept)]
