@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from .posix import PosixBackend
 
 READ_CHUNK = 64 * 1024
+#: read errors that mean the port is gone for good: EIO (a pty whose other end closed, a
+#: USB adapter unplugged), ENXIO and ENODEV (the device node's device went away)
+GONE = frozenset({errno.EIO, errno.ENXIO, errno.ENODEV})
 
 # Linux asm-generic/termbits.h and ioctls.h: arbitrary rates through struct termios2.
 _BOTHER = 0o010000
@@ -73,7 +76,8 @@ class PosixSerial(SerialHandle):
         p.register(self._wake_r, select.POLLIN)
         while not self.closed:
             try:
-                if not p.poll(WAIT_SLICE * 1000) or self.closed:
+                ready = p.poll(WAIT_SLICE * 1000)
+                if not ready or self.closed:
                     continue
                 data = os.read(self.fd, READ_CHUNK)
             except BlockingIOError:
@@ -81,9 +85,16 @@ class PosixSerial(SerialHandle):
             except OSError as e:
                 if self.closed or e.errno == errno.EBADF:
                     return
-                # EIO: the other end of a pty is closed, or a USB adapter went away.
+                if e.errno in GONE:  # an adapter unplugged, a pty's other end closed
+                    self.lost(e)
+                    return
                 time.sleep(WAIT_SLICE / 5)
                 continue
+            if not data and any(fd == self.fd and ev & select.POLLHUP for fd, ev in ready):
+                # Hung up: readable with nothing to read (a raw pty whose other end closed);
+                # pyserial says "device disconnected" for the same.
+                self.lost(OSError(errno.EIO, "hung up (the other end closed)"))
+                return
             self.feed(data)
 
     # -- SerialHandle primitives ----------------------------------------------------------

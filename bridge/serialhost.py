@@ -106,6 +106,8 @@ class SerialHandle(NodeHandle):
         self._stream_lock = threading.Lock()
         self._streaming = False
         self._pushed = 0  # bytes sent to the client as events so far
+        self.gone: OSError | None = None  # the port went away (see lost())
+        self._told = False  # a streaming client was told that it is gone
 
     # -- what backends implement ----------------------------------------------------------
 
@@ -171,7 +173,8 @@ class SerialHandle(NodeHandle):
     def _push_held(self) -> None:
         """Push the held bytes if streaming, unless another push holds the lock: that
         one checks again once it releases it (feed), so the bytes never stay behind."""
-        while self._streaming and self._rx and self._stream_lock.acquire(False):
+        while self._streaming and (self._rx or self._end_due()) and \
+                self._stream_lock.acquire(False):
             try:
                 if self._streaming:
                     self._push_held_locked()
@@ -185,6 +188,22 @@ class SerialHandle(NodeHandle):
         if held:
             self._pushed += len(held)
             self.emit("serial.data", held)
+        if self.gone is not None and not self._told:  # after the last bytes: the end
+            self._told = True
+            self.emit("serial.data", {"errno": self.gone.errno, "message": self.gone.strerror})
+
+    def lost(self, e: OSError) -> None:
+        """The device side: the port is gone for good (a USB adapter unplugged, the other
+        end of a pty closed). What it received is still delivered; after that, reads fail
+        with ``e``'s errno, and a streaming client gets a "serial.data" event whose
+        payload is {"errno": ..., "message": ...} after the last bytes."""
+        self.gone = OSError(e.errno, f"{self.spec.name}: the port is gone: {e.strerror}")
+        with self._rx_cv:
+            self._rx_cv.notify_all()
+        self._push_held()
+
+    def _end_due(self) -> bool:
+        return self.gone is not None and not self._told
 
     def take(self, n: int) -> bytes:
         """Up to ``n`` buffered bytes, without waiting (used by local exporters)."""
@@ -198,17 +217,24 @@ class SerialHandle(NodeHandle):
     def read_nowait(self, n: int) -> bytes | None:
         self._check()
         data = self.take(n)
-        return data if data or n == 0 else None
+        if data or n == 0:
+            return data
+        if self.gone is not None:
+            raise self.gone
+        return None
 
     def write_nowait(self, data: bytes) -> int | None:
         self._check()
+        if self.gone is not None:
+            raise self.gone
         return self.transmit_nowait(data)
 
     def wait(self, write: bool, timeout: float | None) -> bool:
         if write:
             return self.wait_writable(timeout)
         with self._rx_cv:
-            return self._rx_cv.wait_for(lambda: bool(self._rx) or self.closed, timeout)
+            return self._rx_cv.wait_for(
+                lambda: bool(self._rx) or self.closed or self.gone is not None, timeout)
 
     def do_ioctl(self, request: int, arg: int | bytearray) -> int:
         raise OSError(errno.ENOTTY, "Inappropriate ioctl for device")

@@ -86,6 +86,7 @@ class RemoteSerialBase(serial.SerialBase):  # type: ignore[misc]
         self._stream_sent = True  # what the host was last told
         self._flow_busy = False  # a flow thread is telling it
         self._pauses = 0  # times the port asked the host to stop (for tests and status)
+        self._gone: SerialException | None = None  # the host said the port went away
         self._handler = self._on_data
         client.on_event(self._handler, "serial.data", direct=True)
         try:
@@ -127,7 +128,13 @@ class RemoteSerialBase(serial.SerialBase):  # type: ignore[misc]
             if self._hid is None:
                 self._early.append(ev)
                 return
-            if ev.handle != self._hid or self._detached or not isinstance(ev.payload, bytes):
+            if ev.handle != self._hid or self._detached:
+                return
+            if type(ev.payload) is dict:  # after its last bytes: the port is gone (unplugged)
+                p = ev.payload
+                self._gone = SerialException(p.get("errno"), str(p.get("message")))
+                self._rx_cv.notify_all()
+            if not isinstance(ev.payload, bytes):
                 return
             data = ev.payload
             if (len(data) >= EXACT_MIN) is not self._exact and self.client is not None:
@@ -280,6 +287,8 @@ class RemoteSerialBase(serial.SerialBase):  # type: ignore[misc]
                 n = self._wait_for(done, cap)
             finally:
                 self._readers -= 1
+            if not n and self._gone is not None:  # as pyserial's read of a vanished port
+                raise self._gone
             self._cancel = False
             data = self._rx.take(n)
             self._after_take()
@@ -301,7 +310,7 @@ class RemoteSerialBase(serial.SerialBase):  # type: ignore[misc]
             n = done(self._rx)
             if n >= 0:
                 return n
-            if self._cancel or not self.is_open or timeout.expired() or \
+            if self._cancel or not self.is_open or timeout.expired() or self._gone or \
                     (gap is not None and gap.expired()):
                 return len(self._rx) if cap is None else min(cap, len(self._rx))
             if not self._stream_on:

@@ -5,6 +5,7 @@
 # no serial operation waits for the lock a push holds while the client is slow.
 from __future__ import annotations
 
+import errno
 import threading
 import time
 from collections.abc import Callable
@@ -173,4 +174,33 @@ def test_no_operation_waits_for_a_push_that_waits_for_the_client() -> None:
         assert port.in_waiting() == [13, 0]
     finally:
         sink.release.set()
+        port.close()
+
+
+def test_a_lost_port_delivers_what_it_held_then_its_end_once() -> None:
+    """SerialHandle.lost (the posix reader calls it when the port goes away): the bytes
+    held are read or pushed first, then reads and writes fail with the errno, and a
+    streaming client is told once, after the last bytes."""
+    port = Loopback(DeviceSpec("gone-loop", "serial", "sim", sim="loopback"))
+    events: list[Any] = []
+    port.attach(lambda topic, payload: events.append(payload))
+    try:
+        port.feed(b"held")  # not streaming yet: buffered
+        port.lost(OSError(errno.EIO, "Input/output error"))
+        assert events == []
+        assert port.read_nowait(2) == b"he"
+        port.stream(True)
+        end = {"errno": errno.EIO, "message": "gone-loop: the port is gone: Input/output error"}
+        assert events == [b"ld", end]
+        with pytest.raises(OSError) as read:
+            port.read_nowait(1)
+        assert read.value.errno == errno.EIO
+        with pytest.raises(OSError) as written:
+            port.write_nowait(b"x")
+        assert written.value.errno == errno.EIO
+        assert port.wait(False, 5.0)  # a waiting read wakes up to fail
+        port.stream(False)
+        port.stream(True)
+        assert events == [b"ld", end]  # told once
+    finally:
         port.close()

@@ -271,3 +271,33 @@ def test_clear_errors(link: Link) -> None:
         link.port.read(1)
     with pytest.raises(serial.PortNotOpenError):
         link.port.write(b"x")
+
+
+def test_a_port_that_goes_away_fails_reads_after_its_last_bytes(
+        make_server: Callable[..., ServerProc]) -> None:
+    """The far end of a real pty closes (as a USB adapter is unplugged): the bytes it sent
+    are still read, then reads fail as pyserial's do on a vanished port (SerialException,
+    EIO), writes fail, and the host serves on."""
+    master, slave_fd = os.openpty()
+    try:
+        srv = make_server(f'[devices.tty]\nkind = "serial"\npath = "{os.ttyname(slave_fd)}"\n')
+        with bridge.connect(srv.url) as host, host.open("tty") as port:
+            port.timeout = 5
+            os.write(master, b"last words")
+            assert _until(lambda: port.in_waiting == 10)  # the host has them
+            os.close(master)
+            master = -1
+            assert port.read(10) == b"last words"
+            with pytest.raises(serial.SerialException) as info:
+                port.read(1)
+            assert info.value.errno == errno.EIO
+            assert "tty: the port is gone" in str(info.value), info.value
+            with pytest.raises(OSError) as written:
+                port.write(b"x")
+            assert written.value.errno == errno.EIO
+            assert port.read(0) == b""
+            assert host.info("tty")["kind"] == "serial"  # the host serves on
+    finally:
+        os.close(slave_fd)
+        if master >= 0:
+            os.close(master)
