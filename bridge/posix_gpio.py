@@ -129,7 +129,9 @@ class PosixLineRequest(LineRequestHandle):
                 buf = os.read(self.fd, _EVENT_SIZE * _READ_BATCH)
             except BlockingIOError:
                 continue
-            except OSError:
+            except OSError:  # ENODEV: the chip went away
+                return
+            if not buf:  # end of file: nothing will come (do not spin on the poll)
                 return
             for i in range(0, len(buf) - _EVENT_SIZE + 1, _EVENT_SIZE):
                 ev = LineEvent.from_buffer_copy(buf, i)
