@@ -196,6 +196,8 @@ class Rfc2217Export:
                     data = handle.take(64 * 1024)
                     if data:
                         conn.write(b"".join(manager.escape(data)))
+                    elif handle.gone is not None:  # all it received is sent: end too
+                        raise handle.gone
                 if not done.is_set():
                     manager.check_modem_lines()
         except OSError as e:

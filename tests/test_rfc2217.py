@@ -69,3 +69,31 @@ def test_rfc2217_on_a_pty_negotiates_with_emulated_lines(
     finally:
         os.close(slave_fd)
         os.close(master)
+
+
+def test_rfc2217_connection_ends_when_the_port_goes_away(
+        make_server: Callable[..., ServerProc]) -> None:
+    """The pty's far end closes (a USB adapter unplugged): the export sends what the port
+    received, then closes the RFC 2217 connection, as a serial server does when its port
+    vanishes."""
+    master, slave_fd = os.openpty()
+    port = _free_port()
+    try:
+        make_server(f'[devices.tty]\nkind = "serial"\npath = "{os.ttyname(slave_fd)}"\n',
+                    "--rfc2217", f"tty={port}")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.recv(4096)  # the export's telnet negotiation: it serves this connection now
+            os.write(master, b"last words")
+            got = b""
+            while b"last words" not in got:
+                chunk = s.recv(4096)
+                assert chunk, got
+                got += chunk
+            os.close(master)
+            master = -1
+            while chunk := s.recv(4096):  # until the export closes it (else: timeout)
+                got += chunk
+    finally:
+        os.close(slave_fd)
+        if master >= 0:
+            os.close(master)
