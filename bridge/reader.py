@@ -104,6 +104,7 @@ class ReadSide:
         self._waitall: int = 0 if self._tls else getattr(socket, "MSG_WAITALL", 0)
         self._handlers: list[tuple[str | None, int | None, EventHandler]] = []
         self._direct: list[tuple[str | None, int | None, EventHandler]] = []
+        self._lost: list[Callable[[BaseException], None]] = []  # see on_lost
         self._events: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
         self._event_threads: list[threading.Thread] = []
         self.closed = False
@@ -135,10 +136,17 @@ class ReadSide:
                 t.start()
                 self._event_threads.append(t)
 
-    def remove_handler(self, handler: EventHandler) -> None:
-        """Stop calling ``handler`` (given to :meth:`on_event`) for pushed events."""
+    def on_lost(self, handler: Callable[[BaseException], None]) -> None:
+        """Call ``handler(error)`` once when the connection breaks or is closed, on the
+        thread that finds out, as a direct event handler (it must not call the client):
+        for proxies whose waits should end then (a serial read, a GPIO wait_event)."""
+        self._lost.append(handler)
+
+    def remove_handler(self, handler: Any) -> None:
+        """Stop calling ``handler`` (given to :meth:`on_event` or :meth:`on_lost`)."""
         self._handlers = [h for h in self._handlers if h[2] is not handler]
         self._direct = [h for h in self._direct if h[2] is not handler]
+        self._lost = [h for h in self._lost if h != handler]  # a bound method: equal, not same
 
     def exact_receives(self, on: bool) -> None:
         """Ask for frames to be received piece by piece at their exact size (True), or
@@ -363,7 +371,8 @@ class ReadSide:
 
     def _fail_all(self, e: BaseException) -> None:
         with self._cv:
-            if self._broken is None:
+            first = self._broken is None
+            if first:
                 self._broken = e
                 self._refresh_fast()
             err = e if isinstance(e, ProtocolError | ConnectionError) else \
@@ -373,6 +382,11 @@ class ReadSide:
                 if p is not None and not p.done:
                     p.error, p.done = err, True
             self._cv.notify_all()
+        for handler in list(self._lost) if first else ():
+            try:
+                handler(err)
+            except Exception:
+                logging.getLogger("hwbridge.client").exception("connection-lost handler")
 
     # -- background threads ---------------------------------------------------------------
 

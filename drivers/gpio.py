@@ -155,6 +155,7 @@ class GPIO(Proxy):
         self._handler = self._on_wire_event  # one bound method, so it can be removed
         self._callback_handler = self._run_callbacks
         self._due: collections.deque[EdgeEvent] = collections.deque()  # for the callbacks
+        self._lost: BaseException | None = None  # the connection broke or closed
 
     # -- chip ---------------------------------------------------------------------------
 
@@ -243,6 +244,8 @@ class GPIO(Proxy):
         with self._cv:
             q = self._queues.setdefault(line, collections.deque(maxlen=QUEUE_LIMIT))
             while not q:
+                if self._lost is not None:  # no event can come any more
+                    raise self._lost
                 left = None if end is None else end - time.monotonic()
                 if left is not None and left <= 0:
                     return None
@@ -264,6 +267,12 @@ class GPIO(Proxy):
             # received it: wait_event() wakes with no hand-off to the event thread (an edge
             # a write raises is queued by the time the write returns).
             self.client.on_event(self._handler, EVENT_TOPIC, direct=True)
+            self.client.on_lost(self._on_lost)
+
+    def _on_lost(self, e: BaseException) -> None:
+        with self._cv:
+            self._lost = e
+            self._cv.notify_all()
 
     def _on_wire_event(self, ev: WireEvent) -> None:
         with self._cv:
@@ -340,6 +349,7 @@ class GPIO(Proxy):
         self.closed = True
         self.client.remove_handler(self._handler)
         self.client.remove_handler(self._callback_handler)
+        self.client.remove_handler(self._on_lost)
         handles = [self._resolved(r) for r in self._requests.values() if r is not None]
         self._requests.clear()
         with self.client.batch():

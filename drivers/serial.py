@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import serial
 from serial.serialutil import PortNotOpenError, SerialException, SerialTimeoutException, Timeout
 
-from .serialbuf import ChunkBuffer
+from .serialbuf import ChunkBuffer, time_left
 
 if TYPE_CHECKING:
     from bridge.client import Client
@@ -89,6 +89,7 @@ class RemoteSerialBase(serial.SerialBase):  # type: ignore[misc]
         self._gone: SerialException | None = None  # the host said the port went away
         self._handler = self._on_data
         client.on_event(self._handler, "serial.data", direct=True)
+        client.on_lost(self._on_lost)
         try:
             with client.batch():
                 h = make_handle() if callable(make_handle) else make_handle
@@ -100,6 +101,7 @@ class RemoteSerialBase(serial.SerialBase):  # type: ignore[misc]
                 client.call("stream", [h, True])
         except BaseException:
             client.remove_handler(self._handler)
+            client.remove_handler(self._on_lost)
             raise
         handle = h.result() if hasattr(h, "result") else h
         with self._rx_cv:
@@ -148,6 +150,13 @@ class RemoteSerialBase(serial.SerialBase):  # type: ignore[misc]
                 self._rx_cv.notify_all()
                 if len(self._rx) >= self._rx_high and not self._readers and self._stream_on:
                     self._want_stream(False)
+
+    def _on_lost(self, e: BaseException) -> None:
+        """The connection broke or closed (on the thread that found out): waits end."""
+        with self._rx_cv:
+            self._gone = self._gone or SerialException(getattr(e, "errno", None),
+                                                       f"{self._device}: {e}")
+            self._rx_cv.notify_all()
 
     def _set_exact(self, client: Client, on: bool) -> None:
         """Have the connection receive frames piece by piece at their exact size (on) or
@@ -322,7 +331,7 @@ class RemoteSerialBase(serial.SerialBase):  # type: ignore[misc]
                 # Receive the pushes on this thread (see the module comment), without
                 # the lock, so that whoever receives can deliver to any port. Then
                 # check again before sleeping: a cancel or data may have come meanwhile.
-                wait = _left(timeout, gap)
+                wait = time_left(timeout, gap)
                 cv.release()
                 try:
                     pulled = client.pull_events(
@@ -330,7 +339,7 @@ class RemoteSerialBase(serial.SerialBase):  # type: ignore[misc]
                 finally:
                     cv.acquire()
             else:
-                cv.wait(_left(timeout, gap))
+                cv.wait(time_left(timeout, gap))
             if len(self._rx) > seen and self._inter_byte_timeout is not None:
                 gap = Timeout(self._inter_byte_timeout)
             seen = len(self._rx)
@@ -417,6 +426,7 @@ class RemoteSerialBase(serial.SerialBase):  # type: ignore[misc]
             return
         self.is_open = False
         client.remove_handler(self._handler)
+        client.remove_handler(self._on_lost)
         with self._rx_cv:
             self._detached = True  # a push still being delivered leaves _exact be
             if self._exact:
@@ -433,15 +443,6 @@ class RemoteSerialBase(serial.SerialBase):  # type: ignore[misc]
         """Host-side counters: bytes buffered, lost to a full buffer, pushed."""
         result: dict[str, Any] = self._call("status")
         return result
-
-
-def _left(timeout: Timeout, gap: Timeout | None) -> float | None:
-    """Seconds until the read's deadline or the end of its inter-byte gap (None: none)."""
-    wait: float | None = timeout.time_left()
-    if gap is not None:
-        left = gap.time_left()
-        wait = left if wait is None else min(wait, left)
-    return wait
 
 
 class Serial(RemoteSerialBase):

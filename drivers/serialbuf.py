@@ -1,13 +1,24 @@
 # The input buffer of a serial proxy: received byte strings kept as they arrived (a deque of
 # chunks and a read offset into the first), so appending never copies and a read copies at
-# most once (none when it takes exactly one whole chunk, the streaming case). Pure data
-# structure: no threads, no locks (drivers/serial.py holds its lock around every call), no
-# knowledge of the wire.
+# most once (none when it takes exactly one whole chunk, the streaming case); and the time a
+# waiting read has left. Pure data structure and arithmetic: no threads, no locks
+# (drivers/serial.py holds its lock around every call), no knowledge of the wire.
 from __future__ import annotations
 
 from collections import deque
 
-__all__ = ["ChunkBuffer"]
+from serial.serialutil import Timeout
+
+__all__ = ["ChunkBuffer", "time_left"]
+
+
+def time_left(timeout: Timeout, gap: Timeout | None) -> float | None:
+    """Seconds until a read's deadline or the end of its inter-byte gap (None: none)."""
+    wait: float | None = timeout.time_left()
+    if gap is not None:
+        left = gap.time_left()
+        wait = left if wait is None else min(wait, left)
+    return wait
 
 
 class ChunkBuffer:

@@ -3,13 +3,18 @@ operation waiting on a device, and while holding a lease on a real kernel node. 
 the host has leaked no file descriptor and no lease, and it still serves."""
 from __future__ import annotations
 
+import errno
 import os
+import signal
 import socket
 import struct
+import threading
 import time
 from collections.abc import Iterator
 
 import pytest
+import serial
+from bridge.drivers.gpio import Direction, Edge
 
 import bridge
 from bridge.protocol import HEADER, Call, Connection, Hello, Role
@@ -102,3 +107,43 @@ def test_a_thousand_disconnects_leak_nothing(server: ServerProc) -> None:
     assert server.fd_count() == base, "file descriptors leaked"
     print(f"\ndisconnects: {counts}, fds {server.fd_count()} (baseline {base})")
     assert os.path.exists(f"/proc/{server.proc.pid}")
+
+
+def test_waits_on_a_host_that_goes_away_end_with_the_connection() -> None:
+    """The host dies while a serial read and a GPIO wait_event wait (30 s timeouts): both
+    raise the lost connection's error as soon as the client sees it, instead of returning
+    b"" or None when their timeouts run out, as pyserial's read raises for a vanished port;
+    the port's other waits and a clean close behave alike."""
+    srv = start_server()  # the built-in lab
+    try:
+        c = bridge.connect(srv.url)
+        port = c.open("uart0")
+        port.timeout = 30
+        chip = c.open("gpiochip0")
+        chip.configure(1, Direction.IN, Edge.BOTH)
+        outcome: dict[str, BaseException | object] = {}
+
+        def wait_edge() -> None:
+            try:
+                outcome["edge"] = chip.wait_event(1, 30)
+            except BaseException as e:  # the outcome is the test's to check
+                outcome["edge"] = e
+
+        t = threading.Thread(target=wait_edge)
+        t.start()
+        threading.Timer(0.3, srv.proc.send_signal, (signal.SIGKILL,)).start()
+        with pytest.raises(serial.SerialException) as info:
+            port.read(10)
+        assert info.value.errno == errno.ECONNRESET and "uart0" in str(info.value)
+        t.join(30)
+        assert isinstance(outcome.get("edge"), ConnectionError), outcome
+        c.close()
+    finally:
+        srv.stop()
+    with start_server() as again, bridge.connect(again.url) as c2:  # a clean close too
+        port2 = c2.open("uart0")
+        port2.timeout = 30
+        threading.Timer(0.3, c2.close).start()
+        with pytest.raises(serial.SerialException) as closed:
+            port2.read(10)
+        assert closed.value.errno == errno.ECONNABORTED
