@@ -293,10 +293,12 @@ class Client(ReadSide):
         with self._cv:
             self.closed = True
             self._refresh_fast()
+        # Before the socket goes: a thread reading it would otherwise see the end first
+        # and fail the waits with a reset instead of this.
+        self._end_reading(ConnectionAbortedError(_errno.ECONNABORTED, "connection closed"))
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
         self._sock.close()
-        self._end_reading(ConnectionAbortedError(_errno.ECONNABORTED, "connection closed"))
 
     def __enter__(self) -> Client:
         return self

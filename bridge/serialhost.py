@@ -220,13 +220,13 @@ class SerialHandle(NodeHandle):
         if data or n == 0:
             return data
         if self.gone is not None:
-            raise self.gone
+            raise OSError(self.gone.errno, self.gone.strerror)  # anew: no growing traceback
         return None
 
     def write_nowait(self, data: bytes) -> int | None:
         self._check()
         if self.gone is not None:
-            raise self.gone
+            raise OSError(self.gone.errno, self.gone.strerror)  # anew: no growing traceback
         return self.transmit_nowait(data)
 
     def wait(self, write: bool, timeout: float | None) -> bool:

@@ -245,7 +245,7 @@ class GPIO(Proxy):
             q = self._queues.setdefault(line, collections.deque(maxlen=QUEUE_LIMIT))
             while not q:
                 if self._lost is not None:  # no event can come any more
-                    raise self._lost
+                    raise type(self._lost)(*self._lost.args)  # anew each time
                 left = None if end is None else end - time.monotonic()
                 if left is not None and left <= 0:
                     return None

@@ -297,7 +297,7 @@ class RemoteSerialBase(serial.SerialBase):  # type: ignore[misc]
             finally:
                 self._readers -= 1
             if not n and self._gone is not None:  # as pyserial's read of a vanished port
-                raise self._gone
+                raise SerialException(*self._gone.args)  # anew each time
             self._cancel = False
             data = self._rx.take(n)
             self._after_take()
