@@ -134,7 +134,8 @@ def test_waits_on_a_host_that_goes_away_end_with_the_connection() -> None:
         threading.Timer(0.3, srv.proc.send_signal, (signal.SIGKILL,)).start()
         with pytest.raises(serial.SerialException) as info:
             port.read(10)
-        assert info.value.errno == errno.ECONNRESET and "uart0" in str(info.value)
+        # a reset (or a broken pipe, had something been sent meanwhile): never a timeout
+        assert info.value.errno in (errno.ECONNRESET, errno.EPIPE) and "uart0" in str(info.value)
         t.join(30)
         assert isinstance(outcome.get("edge"), ConnectionError), outcome
         c.close()
