@@ -13,8 +13,10 @@
 # handle's class ({name: [access, blocking]}) so a replay can offer the same operations.
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -83,6 +85,9 @@ def op_table(handle: DeviceHandle) -> dict[str, list[Any]]:
     return {name: [info.access.text(), info.blocking] for name, info in type(handle).OPS.items()}
 
 
+log = logging.getLogger("hwbridge.record")
+
+
 class Recorder(Tap):
     """A Tap writing a JSON Lines trace of everything that passes through it."""
 
@@ -93,12 +98,20 @@ class Recorder(Tap):
         self._lock = threading.Lock()
         self._n = 0
         self._h = 0
-        self._write({"hwbridge_trace": TRACE_VERSION, "started": time.time()})
+        self.stopped: OSError | None = None  # the trace could not be written: it ends there
+        self._out.write(json.dumps({"hwbridge_trace": TRACE_VERSION, "started": time.time()})
+                        + "\n")  # (a disk that cannot take this fails the start)
 
     @classmethod
     def to_file(cls, path: str | Path) -> Recorder:
         """Record into ``path`` (created or truncated; each line is flushed)."""
-        return cls(open(path, "w", encoding="utf-8", buffering=1))  # noqa: SIM115
+        out = open(path, "w", encoding="utf-8", buffering=1)  # noqa: SIM115
+        try:
+            return cls(out)
+        except OSError as e:
+            with contextlib.suppress(OSError):  # what it could not write fails again here
+                out.close()
+            raise OSError(e.errno, f"cannot record into {path}: {e.strerror}") from None
 
     def close(self) -> None:
         with self._lock:
@@ -163,8 +176,16 @@ class Recorder(Tap):
             self._write({"n": self._n, "t": round(self._clock() - self._t0, 6), **rec})
 
     def _write(self, rec: dict[str, Any]) -> None:
-        if not self._out.closed:
+        """One record; once one cannot be written (disk full), the trace ends there: the
+        operations go on unrecorded, and the host says so once."""
+        if self._out.closed or self.stopped is not None:
+            return
+        try:
             self._out.write(json.dumps(rec, separators=(",", ":")) + "\n")
+        except OSError as e:
+            self.stopped = e
+            log.error("recording stopped at record %d: %s; the operations go on unrecorded",
+                      rec.get("n", 0), e.strerror or e)
 
 
 def read_trace(path: str | Path) -> list[dict[str, Any]]:

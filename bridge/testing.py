@@ -87,16 +87,21 @@ class ServerProc:
         self.stop()
 
 
-# `hwbridge serve ARGS` with a limit of N open files: python -c _NOFILE N serve ARGS
-_NOFILE = ("import resource, runpy, sys; n = int(sys.argv.pop(1)); "
-           "resource.setrlimit(resource.RLIMIT_NOFILE, (n, n)); "
-           "runpy.run_module('bridge.cli', run_name='__main__')")
+# `hwbridge serve ARGS` under resource limits: python -c _LIMITED NOFILE FSIZE serve ARGS
+# (0: unchanged); past FSIZE a write fails with EFBIG instead of killing the process.
+_LIMITED = ("import resource, runpy, signal, sys; n, f = map(int, sys.argv[1:3]); "
+            "del sys.argv[1:3]; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            "n and resource.setrlimit(resource.RLIMIT_NOFILE, (n, n)); "
+            "f and resource.setrlimit(resource.RLIMIT_FSIZE, (f, f)); "
+            "runpy.run_module('bridge.cli', run_name='__main__')")
 
 
 def start_server(manifest: str | None = None, *extra: str, workdir: Path | None = None,
-                 env: dict[str, str] | None = None, nofile: int | None = None) -> ServerProc:
+                 env: dict[str, str] | None = None, nofile: int = 0,
+                 fsize: int = 0) -> ServerProc:
     """Start `hwbridge serve` on 127.0.0.1 with a free port and wait until it listens;
-    ``nofile`` limits the open files of the server process (RLIMIT_NOFILE)."""
+    ``nofile`` limits the open files of the server process (RLIMIT_NOFILE), ``fsize`` the
+    size of the files it writes (RLIMIT_FSIZE)."""
     args = ["serve", "--listen", "127.0.0.1:0", *extra]
     path = None
     if manifest is not None:
@@ -104,8 +109,8 @@ def start_server(manifest: str | None = None, *extra: str, workdir: Path | None 
         path = d / f"host-{time.monotonic_ns()}.toml"
         path.write_text(manifest)
         args[1:1] = ["--config", str(path)]
-    cmd = [sys.executable, "-m", "bridge.cli", *args] if nofile is None else \
-        [sys.executable, "-c", _NOFILE, str(nofile), *args]
+    cmd = [sys.executable, "-m", "bridge.cli", *args] if not (nofile or fsize) else \
+        [sys.executable, "-c", _LIMITED, str(nofile), str(fsize), *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env={**os.environ, **(env or {})})
     assert proc.stdout is not None

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import bridge
-from bridge.testing import ServerProc
+from bridge.testing import ServerProc, start_server
 
 
 @pytest.fixture
@@ -166,3 +166,29 @@ def test_record_and_replay_handles_made_by_operations_and_their_events(
     replay = make_server(f'[devices.gpiochip0]\nkind = "gpio"\nsim = "replay"\n'
                          f'trace = "{trace}"\n')
     assert _gpio_session(replay.url) == recorded
+
+
+def test_a_trace_that_fills_its_disk_ends_and_the_operations_go_on(tmp_path: Path) -> None:
+    """`--record` on a disk that fills (here the host's file size limit): the trace ends
+    with its last whole records, the host says so once, and every operation still works;
+    a trace that cannot even start is a clear error at start."""
+    trace = tmp_path / "trace.jsonl"
+    with start_server('[devices.zero]\nkind = "node"\nsim = "zero"\n', "--record", str(trace),
+                      workdir=tmp_path, fsize=6000) as srv:
+        with bridge.connect(srv.url) as host, host.open("zero") as z:
+            for _ in range(200):  # far more records than 6,000 bytes hold
+                assert z.read(4) == bytes(4)
+        srv.stop()
+        out = srv.output()
+    assert out.count("recording stopped") == 1, out
+    lines = trace.read_text().splitlines()
+    whole = []
+    for line in lines:
+        try:
+            whole.append(json.loads(line))
+        except json.JSONDecodeError:
+            assert line is lines[-1], line  # only the record the limit cut
+    assert whole[0]["hwbridge_trace"] and 10 < len(whole) < 200
+    assert [r["n"] for r in whole[1:]] == list(range(1, len(whole)))
+    with pytest.raises(RuntimeError, match="cannot record into /dev/full: No space left"):
+        start_server('[devices.zero]\nkind = "node"\nsim = "zero"\n', "--record", "/dev/full")
