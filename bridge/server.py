@@ -83,8 +83,13 @@ class Server:
         fam = socket.AF_INET6 if ":" in host else socket.AF_INET
         s = socket.socket(fam, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind((host, port))
-        s.listen(512)
+        try:
+            s.bind((host, port))
+            s.listen(512)
+        except OSError as e:  # in use, not an address of this machine, a privileged port
+            s.close()
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            raise OSError(e.errno, f"cannot listen on {where}: {e.strerror}") from None
         self._listeners.append(s)
         addr = s.getsockname()
         return addr[0], addr[1]

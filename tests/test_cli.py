@@ -10,6 +10,7 @@ import os
 import re
 import select
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -244,3 +245,17 @@ def test_hex_flag_may_follow_the_positionals(url: str) -> None:
     assert r.returncode == 0, r.stderr
     r = run("ioctl", f"{url}/pty", "TIOCGWINSZ")
     assert r.stdout.decode().strip() == struct.pack("4H", 1, 2, 3, 4).hex()
+
+
+def test_serve_on_a_port_in_use_names_the_address(tmp_path: Path) -> None:
+    config = tmp_path / "host.toml"
+    config.write_text('[devices.zero]\nkind = "node"\nsim = "zero"\n')
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = run("serve", "--config", str(config), "--listen", f"127.0.0.1:{port}")
+    assert r.returncode == 1
+    err = r.stderr.decode()
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in err, err
+    assert "Traceback" not in err
