@@ -39,8 +39,32 @@ RECV_SIZE = 64 * 1024
 SWEEP = 0.1  # seconds between deadline sweeps (deadlines are whole seconds or halves)
 FINAL_SEND = 2.0  # seconds a closing connection may take to send its last replies
 #: accept() errors that mean "out of descriptors or memory now": the connection waits in
-#: the listen queue and accepting is tried again a sweep later
+#: the listen queue and accepting is tried again a little later
 STARVED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+class Starved:
+    """Whether accept() is failing for want of descriptors or memory: logged once when it
+    starts (``failed``, True for such an error) and once when it works again (``ok``), not
+    once per retry. Used by the event loop and by the TLS accept thread alike."""
+
+    def __init__(self, retry: float) -> None:
+        self.retry = retry  # seconds between tries, for the message
+        self.on = False
+
+    def failed(self, e: OSError) -> bool:
+        if e.errno not in STARVED:
+            return False
+        if not self.on:
+            self.on = True
+            log.warning("accept failed: %s; new connections wait until it succeeds (tried "
+                        "every %.1f s)", e, self.retry)
+        return True
+
+    def ok(self) -> None:
+        if self.on:
+            self.on = False
+            log.warning("accepting connections again")
 
 
 class Loop:
@@ -54,7 +78,7 @@ class Loop:
         # Listeners not polled until the next sweep: accept failed for want of file
         # descriptors or memory, and a level-triggered poll would spin on them meanwhile.
         self.paused: set[int] = set()
-        self._starved = False  # warned that accepting failed; cleared by the next accept
+        self._starved = Starved(SWEEP)
         self.tid = 0
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -172,17 +196,11 @@ class Loop:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
-                if e.errno in STARVED:  # retried at the next sweep, not again at once
-                    if not self._starved:
-                        log.warning("accept failed: %s; new connections wait until it "
-                                    "succeeds (tried every %.1f s)", e, SWEEP)
-                        self._starved = True
+                if self._starved.failed(e):  # retried at the next sweep, not at once
                     self.poller.unregister(listener.fileno())
                     self.paused.add(listener.fileno())
                 return
-            if self._starved:
-                log.warning("accepting connections again")
-                self._starved = False
+            self._starved.ok()
             if not srv.start_handshake(addr):
                 sock.close()
                 continue

@@ -144,9 +144,10 @@ class ReadSide:
 
     def remove_handler(self, handler: Any) -> None:
         """Stop calling ``handler`` (given to :meth:`on_event` or :meth:`on_lost`)."""
-        self._handlers = [h for h in self._handlers if h[2] is not handler]
-        self._direct = [h for h in self._direct if h[2] is not handler]
-        self._lost = [h for h in self._lost if h != handler]  # a bound method: equal, not same
+        # (equality, not identity: each access to a bound method makes a new one)
+        self._handlers = [h for h in self._handlers if h[2] != handler]
+        self._direct = [h for h in self._direct if h[2] != handler]
+        self._lost = [h for h in self._lost if h != handler]
 
     def exact_receives(self, on: bool) -> None:
         """Ask for frames to be received piece by piece at their exact size (True), or

@@ -19,7 +19,7 @@ from typing import Any
 from . import __version__
 from .host import Host
 from .limits import Deadlines
-from .loop import STARVED, Loop
+from .loop import Loop, Starved
 from .loopconn import Conn
 from .protocol import (
     FEATURES,
@@ -126,8 +126,8 @@ class Server:
         # and Python runs the handler only when the main thread next runs Python code; a
         # wait with no end would never get there (seen: a host with lane threads coming
         # and going ignored SIGTERM).
-        while not self._stopping.wait(0.5):
-            pass
+        while not self._stopping.is_set():
+            self._stopping.wait(0.5)
 
     def shutdown(self) -> None:
         """Stop accepting, drop every connection (closing its handles), release backends."""
@@ -157,25 +157,19 @@ class Server:
         self.host.close()
 
     def _accept_loop(self, listener: socket.socket) -> None:
-        starved = False  # warned that accepting failed; cleared by the next accept
+        starved = Starved(ACCEPT_RETRY)
         while not self._stopping.is_set():
             try:
                 sock, addr = listener.accept()
             except OSError as e:
                 if self._stopping.is_set() or e.errno in (errno.EBADF, errno.EINVAL):
                     return
-                if e.errno in STARVED:  # retried shortly, not again at once
-                    if not starved:
-                        log.warning("accept failed: %s; new connections wait until it "
-                                    "succeeds (tried every %.1f s)", e, ACCEPT_RETRY)
-                        starved = True
+                if starved.failed(e):  # retried shortly, not again at once
                     self._stopping.wait(ACCEPT_RETRY)
                 else:
                     log.warning("accept failed: %s", e)
                 continue
-            if starved:
-                log.warning("accepting connections again")
-                starved = False
+            starved.ok()
             if not self.start_handshake(addr):
                 sock.close()
                 continue

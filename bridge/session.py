@@ -323,7 +323,8 @@ class Session:
         try:
             threading.Thread(target=self._counted, args=(run,), name=name, daemon=True).start()
         except RuntimeError as e:  # can't start new thread: this call fails, EAGAIN
-            self._counted(lambda: None)
+            with self._lock:
+                self._waiting -= 1
             raise BlockingIOError(errno.EAGAIN, f"no thread for this wait: {e}") from e
 
     def _counted(self, run: Callable[[], None]) -> None:
